@@ -1,0 +1,46 @@
+"""The one interface every diffusion network is adapted to: an ε-prediction model."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import HetpureError
+from ..schedule import NoiseSchedule
+
+
+class EpsModel(nn.Module):
+    """An ε-model: ``eps(x_t, t) -> ε`` that also carries its noise schedule.
+
+    ``x_t`` is on the diffusion scale ([-1, 1] for clean images), ``t`` a float tensor (B,) of timestep
+    indices in [0, T), and the result has ``x_t``'s shape. Subclasses implement :meth:`predict_eps`.
+
+    Attributes:
+        schedule: the β schedule the network was trained with.
+        in_channels: image channels the network expects.
+        image_size: the spatial size the network was trained at (``None`` if any size works).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, in_channels: int, image_size: int | None = None) -> None:
+        super().__init__()
+        self.schedule = schedule
+        self.in_channels = int(in_channels)
+        self.image_size = None if image_size is None else int(image_size)
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.schedule.num_timesteps
+
+    def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x_t: Tensor, t: Tensor | float | int) -> Tensor:
+        if x_t.dim() != 4 or x_t.shape[1] != self.in_channels:
+            raise HetpureError(
+                f"the ε-model expects (B, {self.in_channels}, H, W) inputs, got shape {tuple(x_t.shape)}"
+            )
+        if not torch.is_tensor(t):
+            t = torch.full((x_t.shape[0],), float(t), device=x_t.device)
+        elif t.dim() == 0:
+            t = t.expand(x_t.shape[0])
+        return self.predict_eps(x_t, t.to(device=x_t.device, dtype=torch.float32))
