@@ -1,0 +1,140 @@
+"""Attention masks from classifier activations (Pei et al. 2025, §3.2).
+
+For each of K hooked layers with activation A ∈ R^{B×C×h×w}, the energy map is E_k = Σ_c A_c²,
+upsampled bilinearly to the image size and min-max normalised per image to [0, 1]; the attention map
+is E = max_k E_k. A binary mask keeps E ≥ τ, or the top p fraction of pixels. 1 = attended pixel =
+high noise level t_l.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+from types import TracebackType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ConfigError, HetpureError
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    """Return the submodules called ``names`` (as in ``named_modules()``), or a clear error."""
+    modules = dict(model.named_modules())
+    found = []
+    for name in names:
+        if name not in modules:
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=5)
+            hint = f"; close names: {', '.join(close)}" if close else ""
+            raise HetpureError(f"the classifier has no layer {name!r} to compute the mask from{hint}")
+        found.append(modules[name])
+    if not found:
+        raise HetpureError("mask_layers is empty: name at least one classifier layer")
+    return found
+
+
+class ActivationRecorder:
+    """Holds forward hooks on named layers for the duration of a ``with`` block.
+
+    The hooks record the layers' outputs and are removed on exit, also after an exception, so a
+    classifier never accumulates hooks across calls.
+    """
+
+    def __init__(self, model: nn.Module, layer_names: Sequence[str]) -> None:
+        self.model = model
+        self.layer_names = list(layer_names)
+        self.layers = resolve_layers(model, self.layer_names)
+        self.activations: list[Tensor | None] = [None] * len(self.layers)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> ActivationRecorder:
+        for i, layer in enumerate(self.layers):
+            self._handles.append(layer.register_forward_hook(self._make_hook(i)))
+        return self
+
+    def _make_hook(self, index: int):  # noqa: ANN202 - hook signature is fixed by torch
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            tensor = output[0] if isinstance(output, (tuple, list)) else output
+            if not torch.is_tensor(tensor) or tensor.dim() != 4:
+                raise HetpureError(
+                    f"mask layer {self.layer_names[index]!r} outputs {type(tensor).__name__} "
+                    f"{tuple(getattr(tensor, 'shape', ()))}; choose layers with (B, C, h, w) feature maps"
+                )
+            self.activations[index] = tensor
+
+        return hook
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def normalise_per_image(maps: Tensor) -> Tensor:
+    """Min-max normalise each (1, H, W) map of a (B, 1, H, W) batch to [0, 1]; a constant map gives 0."""
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1, keepdim=True).values
+    span = flat.max(dim=1, keepdim=True).values - lo
+    return ((flat - lo) / span.clamp_min(1e-12) * (span > 0)).view_as(maps)
+
+
+def energy_map(classifier: nn.Module, x: Tensor, layer_names: Sequence[str]) -> Tensor:
+    """Attention map E ∈ [0, 1]^{B×1×H×W}: max over layers of normalised Σ_c A² (paper eq. 5–6).
+
+    The classifier runs once on ``x`` (its real input, [0, 1] images) without gradient.
+    """
+    size = x.shape[-2:]
+    with torch.no_grad(), ActivationRecorder(classifier, layer_names) as rec:
+        classifier(x)
+    maps = []
+    for name, act in zip(rec.layer_names, rec.activations):
+        if act is None:
+            raise HetpureError(f"mask layer {name!r} was not called in the classifier's forward pass")
+        energy = act.float().pow(2).sum(dim=1, keepdim=True)
+        energy = F.interpolate(energy, size=size, mode="bilinear", align_corners=False)
+        maps.append(normalise_per_image(energy))
+    return torch.stack(maps, 0).amax(0)
+
+
+def binarize(energy: Tensor, tau: float | None = 0.9, top_p: float | None = None) -> Tensor:
+    """Binary mask from an attention map: E ≥ τ, or (if ``top_p`` is given) the top p fraction.
+
+    With ``top_p`` exactly k = max(1, round(p·H·W)) pixels per image are kept (ties broken by position).
+    """
+    if top_p is not None:
+        if not 0 < top_p <= 1:
+            raise ConfigError(f"top_p must lie in (0, 1], got {top_p}")
+        flat = energy.flatten(1)
+        k = max(1, int(round(top_p * flat.shape[1])))
+        idx = flat.topk(k, dim=1).indices
+        return torch.zeros_like(flat).scatter_(1, idx, 1.0).view_as(energy)
+    if tau is None or not 0 <= tau <= 1:
+        raise ConfigError(f"tau must lie in [0, 1], got {tau}")
+    return (energy >= tau).to(energy.dtype)
+
+
+def graded_weights(energy: Tensor, tau_lo: float, tau_hi: float) -> Tensor:
+    """Per-pixel weight w = clip((E − τ_lo)/(τ_hi − τ_lo), 0, 1); τ_lo = τ_hi gives w = [E ≥ τ]."""
+    if tau_hi < tau_lo:
+        raise ConfigError(f"tau_lo ({tau_lo}) must not exceed tau_hi ({tau_hi})")
+    if tau_hi == tau_lo:
+        return (energy >= tau_hi).to(energy.dtype)
+    return ((energy - tau_lo) / (tau_hi - tau_lo)).clamp(0, 1)
+
+
+def random_mask_like(mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """A mask with the same number of attended pixels per image as ``mask``, placed uniformly at random."""
+    flat = mask.flatten(1)
+    counts = flat.round().sum(1).long()
+    scores = torch.rand(flat.shape, generator=generator, device="cpu").to(flat.device)
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    return (ranks < counts[:, None]).to(mask.dtype).view_as(mask)
+
+
+def attended_fraction(mask: Tensor) -> float:
+    """Mean fraction of attended pixels in a mask batch."""
+    return float(mask.float().mean()) if mask.numel() else math.nan
