@@ -371,35 +371,38 @@ class Purifier(nn.Module):
         return self._from_diffusion(out, tuple(x.shape[-2:]))
 
     # -- prediction ----------------------------------------------------------------------------------
-    def vote_counts(
+    def run_labels(
         self, x: Tensor, runs: int | None = None, generator: torch.Generator | None = None, noise: NoiseFn | None = None
-    ) -> Tensor:
-        """Class vote counts (B, num_classes) of ``runs`` independent purifications of each image.
+    ) -> tuple[Tensor, int]:
+        """Labels (R, B) of ``runs`` independent purifications of each image, and the number of classes.
 
         The R purifications run as batches of up to ``max_batch`` images (x repeated R times), with the
         mask computed once per image.
         """
         runs = runs or self.config.runs
         check_images(x, self.eps_model.in_channels)
+        size = tuple(x.shape[-2:])
+        noise_fn = _default_noise(noise, generator)
+        labels, num_classes = [], 0
         with torch.no_grad():
             levels = self._levels(x, None, generator)
-            reps = x.repeat(runs, 1, 1, 1)
-            lev_reps = None if levels is None else levels.repeat(runs, 1, 1, 1)
-            noise_fn = _default_noise(noise, generator)
-            labels = []
             step = self.config.max_batch
-            for i in range(0, reps.shape[0], step):
-                chunk = reps[i : i + step]
-                lev = None if lev_reps is None else lev_reps[i : i + step]
-                x0 = self._to_diffusion(chunk)
-                out = self._sample(
-                    x0, chunk, noise_fn, self.config.ddim_steps, False,
-                    None if lev is None else self._resize_map(lev, x0),
-                )
-                logits = _check_logits(self.classifier(self._from_diffusion(out, tuple(chunk.shape[-2:]))), chunk)
+            for i in range(0, x.shape[0] * runs, step):
+                rows = torch.arange(i, min(i + step, x.shape[0] * runs), device=x.device) % x.shape[0]
+                x0 = self._to_diffusion(x[rows])
+                lev = None if levels is None else self._resize_map(levels[rows], x0)
+                out = self._sample(x0, x[rows], noise_fn, self.config.ddim_steps, False, lev)
+                logits = _check_logits(self.classifier(self._from_diffusion(out, size)), x[rows])
                 labels.append(logits.argmax(1))
                 num_classes = logits.shape[1]
-        return majority_vote(torch.cat(labels).view(runs, x.shape[0]), num_classes)[1]
+        return torch.cat(labels).view(runs, x.shape[0]), num_classes
+
+    def vote_counts(
+        self, x: Tensor, runs: int | None = None, generator: torch.Generator | None = None, noise: NoiseFn | None = None
+    ) -> Tensor:
+        """Class vote counts (B, num_classes) of ``runs`` independent purifications of each image."""
+        labels, num_classes = self.run_labels(x, runs, generator, noise)
+        return majority_vote(labels, num_classes)[1]
 
     def predict(
         self, x: Tensor, runs: int | None = None, generator: torch.Generator | None = None, noise: NoiseFn | None = None

@@ -1,0 +1,126 @@
+"""Shared machinery of the attacks: threat-model projection and EOT gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checks import check_images
+from ..errors import ConfigError, HetpureError
+
+LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> per-sample loss (B,)
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-sample cross-entropy."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Difference-of-logits-ratio loss of Croce & Hein 2020 (eq. 6), per sample:
+    −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3 + 1e-12), with z sorted descending as π."""
+    if logits.shape[1] < 3:
+        raise HetpureError("the DLR loss needs at least 3 classes")
+    srt = logits.sort(dim=1, descending=True).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    top_is_y = srt[:, 0] == z_y
+    z_other = torch.where(top_is_y, srt[:, 1], srt[:, 0])
+    return -(z_y - z_other) / (srt[:, 0] - srt[:, 2] + 1e-12)
+
+
+def lp_norm(v: Tensor, norm: str) -> Tensor:
+    flat = v.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    """Project x_adv onto the ε-ball around x (L∞ or L2) intersected with the image box [0, 1]."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        n = lp_norm(delta, "l2").clamp_min(1e-12)
+        delta = delta * (eps / n).clamp(max=1.0).view(-1, 1, 1, 1)
+    return (x + delta).clamp(0, 1)
+
+
+def steepest_step(grad: Tensor, norm: str) -> Tensor:
+    """The steepest-ascent direction of unit norm: sign(g) for L∞, g/‖g‖₂ for L2."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / lp_norm(grad, "l2").clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+def random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator | None) -> Tensor:
+    """A uniform point of the L∞ ball, or a point of the L2 ball with a uniformly drawn direction/radius."""
+    g = generator
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=g, device=g.device if g else "cpu").to(x)
+        return project(x + (2 * u - 1) * eps, x, eps, norm)
+    d = torch.randn(x.shape, generator=g, device=g.device if g else "cpu").to(x)
+    r = torch.rand(x.shape[0], generator=g, device=g.device if g else "cpu").to(x)
+    return project(x + steepest_step(d, "l2") * (eps * r).view(-1, 1, 1, 1), x, eps, norm)
+
+
+class Attack:
+    """Base class: ``attack(model, x, y) -> x_adv`` for images in [0, 1].
+
+    Args:
+        eps: the budget (L∞ or L2 radius).
+        norm: ``"linf"`` or ``"l2"``.
+        eot: stochastic forward passes whose gradients are averaged (expectation over transformation).
+        eot_batch: how many of the B·eot copies go through the model at once (bounds memory).
+        generator: seeds the random start (the model's own randomness is seeded on the model).
+    """
+
+    name = "attack"
+
+    def __init__(self, eps: float, norm: str = "linf", eot: int = 1, eot_batch: int = 256,
+                 generator: torch.Generator | None = None) -> None:
+        if norm not in ("linf", "l2"):
+            raise ConfigError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        if not eps >= 0:
+            raise ConfigError(f"eps must be >= 0, got {eps}")
+        if eot < 1 or eot_batch < 1:
+            raise ConfigError(f"eot and eot_batch must be >= 1, got {eot} and {eot_batch}")
+        self.eps, self.norm, self.eot, self.eot_batch = float(eps), norm, int(eot), int(eot_batch)
+        self.generator = generator
+        self.forward_passes = 0  # model forward passes per image (each one EOT sample), for cost reports
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        check_images(x)
+        if not torch.is_tensor(y) or y.shape != (x.shape[0],):
+            raise HetpureError(f"labels y must be a tensor of shape ({x.shape[0]},)")
+        return self.perturb(model, x.detach(), y.to(x.device).long())
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def gradient(self, model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor]:
+        """EOT gradient: the mean over ``eot`` stochastic passes of ∇ₓ Σ_b loss(model(x)_b, y_b).
+
+        The B·eot copies run as batches of up to ``eot_batch`` images. Returns (gradient, loss per image
+        averaged over the passes, logits averaged over the passes).
+        """
+        b = x.shape[0]
+        grad = torch.zeros_like(x)
+        loss_sum = torch.zeros(b, device=x.device)
+        logits_sum: Tensor | None = None
+        per_chunk = max(1, self.eot_batch // b)
+        done = 0
+        while done < self.eot:
+            k = min(per_chunk, self.eot - done)
+            xr = x.detach().repeat(k, 1, 1, 1).requires_grad_(True)
+            logits = model(xr)
+            losses = loss_fn(logits, y.repeat(k))
+            (g,) = torch.autograd.grad(losses.sum(), xr)
+            grad += g.view(k, *x.shape).sum(0)
+            loss_sum += losses.detach().view(k, b).sum(0)
+            lg = logits.detach().view(k, b, -1).sum(0)
+            logits_sum = lg if logits_sum is None else logits_sum + lg
+            done += k
+        self.forward_passes += self.eot
+        return grad / self.eot, loss_sum / self.eot, logits_sum / self.eot

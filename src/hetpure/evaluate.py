@@ -1,0 +1,564 @@
+"""The robustness evaluation harness: ``hetpure evaluate CONFIG.yaml`` and ``hetpure.evaluate(config)``.
+
+One code path for both. A run attacks the defended model batch by batch, appends one JSON record per
+sample to ``records.jsonl`` as each batch finishes (resumable: finished samples are skipped), and writes
+``summary.json`` / ``summary.md``. Robust accuracy is reported by majority vote (the defended ensemble
+prediction) and worst case (correct in every one of K independent defended evaluations).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .attacks import ATTACKS, GRADIENTS, defended_model, make_attack
+from .errors import ConfigError, HetpureError
+from .purify import Purifier, PurifyConfig, purifier_from_config
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"name": None, "root": None, "split": "test", "n": None, "seed": 0, "download": False},
+    "classifier": {"name": None, "path": None, "trust_pickle": False, "mask_layers": None},
+    "diffusion": {"kind": "diffusers", "path": None, "config": None, "dtype": None, "trust_pickle": False},
+    "defense": {"method": "heterogeneous", **PurifyConfig().to_dict()},
+    "attack": {
+        "name": "pgd", "norm": "linf", "eps": None, "step_size": None, "steps": 40, "eot": 1,
+        "gradient": "surrogate", "surrogate_ddim_steps": 10, "random_start": False, "eot_batch": 256,
+    },
+    "run": {
+        "batch_size": 16, "device": "cpu", "seed": 0, "out": "runs/eval", "worst_case_k": 10,
+        "save_images": True, "sanity": False, "sanity_n": 16, "strict": False, "progress": True,
+    },
+}
+# run keys that do not change results: they stay out of the settings hash
+_RUN_KEYS_NOT_HASHED = ("out", "progress", "save_images", "sanity", "sanity_n", "strict", "device")
+
+
+# --------------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_set(assignments: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Parse ``section.key=value`` overrides (values as YAML scalars) into a nested dict."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in assignments:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        dotted, raw = item.split("=", 1)
+        section, key = dotted.split(".", 1)
+        out.setdefault(section, {})[key] = yaml.safe_load(raw) if raw != "" else None
+    return out
+
+
+def resolve_config(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Merge a user config (and overrides) over the defaults; unknown sections or keys are errors."""
+    if not isinstance(config, dict):
+        raise ConfigError("an evaluation config must be a mapping of sections (data, classifier, ...)")
+    resolved = copy.deepcopy(DEFAULTS)
+    for source in (config, overrides or {}):
+        for section, values in source.items():
+            if section not in DEFAULTS:
+                raise ConfigError(f"unknown config section {section!r}; allowed: {sorted(DEFAULTS)}")
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section!r} must be a mapping, got {type(values).__name__}")
+            for key, value in values.items():
+                if key not in DEFAULTS[section]:
+                    raise ConfigError(
+                        f"unknown key {section}.{key}; allowed keys of {section}: {sorted(DEFAULTS[section])}"
+                    )
+                resolved[section][key] = value
+    _validate(resolved)
+    return resolved
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    if not cfg["data"]["name"]:
+        raise ConfigError("data.name is required (cifar10, imagefolder, svhn, imagenet, mnist5k)")
+    if not cfg["classifier"]["name"]:
+        raise ConfigError("classifier.name is required (see hetpure.list_classifiers())")
+    method = cfg["defense"]["method"]
+    if method not in ("none", "uniform", "heterogeneous"):
+        raise ConfigError(f"defense.method must be none, uniform or heterogeneous, got {method!r}")
+    if method != "none" and not cfg["diffusion"]["path"]:
+        raise ConfigError("diffusion.path is required for a purification defence")
+    if cfg["attack"]["name"] not in ATTACKS:
+        raise ConfigError(f"attack.name must be one of {ATTACKS}, got {cfg['attack']['name']!r}")
+    if cfg["attack"]["gradient"] not in GRADIENTS:
+        raise ConfigError(f"attack.gradient must be one of {GRADIENTS}, got {cfg['attack']['gradient']!r}")
+    run = cfg["run"]
+    for key in ("batch_size", "worst_case_k", "sanity_n"):
+        if not isinstance(run[key], int) or run[key] < 1:
+            raise ConfigError(f"run.{key} must be a positive integer, got {run[key]!r}")
+    if not run["out"]:
+        raise ConfigError("run.out (the output folder) is required")
+
+
+def settings_hash(cfg: dict[str, Any]) -> str:
+    """Hash of everything that changes a record (not the output folder or display options)."""
+    hashed = {k: v for k, v in cfg.items() if k != "run"}
+    hashed["run"] = {k: v for k, v in cfg["run"].items() if k not in _RUN_KEYS_NOT_HASHED}
+    return hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def purify_config(defense: dict[str, Any]) -> PurifyConfig:
+    return PurifyConfig.from_dict({k: v for k, v in defense.items() if k != "method"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics and records
+# --------------------------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL records file, repairing a torn last line left by a kill mid-write."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+        data = data[:cut]
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+
+
+def append_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append whole lines in one write, flushed and synced, so a kill loses at most this batch."""
+    payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# --------------------------------------------------------------------------------------------------
+# Components
+# --------------------------------------------------------------------------------------------------
+
+
+def build_components(cfg: dict[str, Any], device: torch.device) -> tuple[Any, nn.Module, Purifier | None]:
+    """Dataset, classifier and purifier of a resolved config."""
+    from . import load_classifier, load_dataset
+
+    d = cfg["data"]
+    extra = {"download": True} if d.get("download") else {}
+    dataset = load_dataset(d["name"], root=d["root"], split=d["split"], n=d["n"], seed=d["seed"], **extra)
+    c = cfg["classifier"]
+    classifier = load_classifier(c["name"], path=c["path"], trust_pickle=c["trust_pickle"]).to(device).eval()
+    purifier = None
+    if cfg["defense"]["method"] != "none":
+        eps_model = _load_eps(cfg["diffusion"]).to(device).eval()
+        purifier = purifier_from_config(
+            eps_model, classifier, cfg["defense"]["method"], purify_config(cfg["defense"]), c["mask_layers"]
+        )
+    return dataset, classifier, purifier
+
+
+def _load_eps(diffusion: dict[str, Any]) -> nn.Module:
+    try:
+        from .models.loading import load_eps_model
+    except ImportError:  # pragma: no cover - before the loader existed
+        from .models.diffusers_eps import DiffusersEps
+
+        if diffusion["kind"] != "diffusers":
+            raise HetpureError(f"diffusion.kind {diffusion['kind']!r} is not available") from None
+        return DiffusersEps.from_pretrained(diffusion["path"])
+    kwargs = {k: diffusion[k] for k in ("config", "dtype", "trust_pickle") if diffusion.get(k) is not None}
+    return load_eps_model(diffusion["kind"], diffusion["path"], **kwargs)
+
+
+def _attack_kwargs(a: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+    kw: dict[str, Any] = {"norm": a["norm"], "eot": a["eot"], "eot_batch": a["eot_batch"], "generator": generator}
+    if a["eps"] is not None:
+        kw["eps"] = float(a["eps"])
+    if a["name"] == "pgd":
+        kw.update(steps=a["steps"], step_size=a["step_size"], random_start=a["random_start"])
+    elif a["name"].startswith("apgd"):
+        kw.update(steps=a["steps"], random_start=a["random_start"])
+    return kw
+
+
+def _batch_generator(seed: int, batch_index: int, salt: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch_index * 7_919 + salt) % 2**63)
+
+
+class _Evaluator:
+    """Per-batch computation shared by the main loop and the sanity checks."""
+
+    def __init__(self, cfg: dict[str, Any], classifier: nn.Module, purifier: Purifier | None,
+                 device: torch.device) -> None:
+        self.cfg, self.classifier, self.purifier, self.device = cfg, classifier, purifier, device
+        self.runs = purifier.config.runs if purifier is not None else 1
+
+    def labels(self, x: Tensor, evaluations: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(majority label (E, B), vote counts (E, B, classes)) of ``evaluations`` defended evaluations."""
+        if self.purifier is None:
+            with torch.no_grad():
+                logits = self.classifier(x)
+            counts = torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1])[None]
+            counts = counts.expand(evaluations, -1, -1)
+            return counts.argmax(2), counts
+        run_labels, num_classes = self.purifier.run_labels(x, self.runs * evaluations, generator)
+        grouped = run_labels.view(evaluations, self.runs, x.shape[0])
+        counts = torch.nn.functional.one_hot(grouped.long(), num_classes).sum(1)
+        return counts.argmax(2), counts
+
+    def attack(self, x: Tensor, y: Tensor, generator: torch.Generator, **changes: Any) -> tuple[Tensor, int]:
+        """Adversarial examples and the ε-model calls per forward pass of the attacked model."""
+        a = {**self.cfg["attack"], **changes}
+        attack = make_attack(a["name"], **_attack_kwargs(a, generator)) if a["name"] != "none" else None
+        if attack is None:
+            return x, 0
+        model = defended_model(
+            None if changes.get("undefended") else self.purifier, self.classifier, a["gradient"],
+            a["surrogate_ddim_steps"],
+        )
+        if hasattr(model, "generator"):
+            model.generator = generator
+        return attack(model, x, y), int(getattr(model, "eps_calls", lambda: 0)())
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+
+
+def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None = None,
+             sanity: bool | None = None) -> dict[str, Any]:
+    """Run (or resume) an evaluation; returns the summary dict (also written to ``run.out``)."""
+    from .distributed import DistContext
+
+    cfg = resolve_config(config, overrides)
+    if sanity is not None:
+        cfg["run"]["sanity"] = bool(sanity)
+    dist = DistContext.from_env(cfg["run"]["device"])
+    device = dist.device
+    torch.manual_seed(cfg["run"]["seed"])
+    out = Path(cfg["run"]["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    digest = settings_hash(cfg)
+    config_file = out / "config.json"
+    if dist.is_main:
+        if config_file.exists():
+            previous = json.loads(config_file.read_text())
+            if previous.get("settings_hash") != digest:
+                raise HetpureError(
+                    f"{out} holds a run with other settings (hash {previous.get('settings_hash')} vs {digest}); "
+                    "choose another run.out, or delete the folder to start over"
+                )
+        config_file.write_text(json.dumps({"settings_hash": digest, "config": cfg}, indent=2, default=str))
+    dist.barrier()
+
+    dataset, classifier, purifier = build_components(cfg, device)
+    ev = _Evaluator(cfg, classifier, purifier, device)
+    positions = list(range(len(dataset)))
+    indices = [int(i) for i in getattr(dataset, "indices", positions)]
+    if len(indices) != len(positions):
+        indices = positions
+    bs = cfg["run"]["batch_size"]
+    batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
+
+    done = _finished(out, digest)
+    my_records = out / ("records.jsonl" if dist.world_size == 1 else f"records.rank{dist.rank}.jsonl")
+    todo = [b for b in range(len(batches)) if b % dist.world_size == dist.rank
+            and not all(indices[p] in done for p in batches[b])]
+    stats = {"seconds": 0.0, "images": 0, "attack_calls": 0}
+    progress = _progress(len([b for b in range(len(batches)) if b % dist.world_size == dist.rank]),
+                         len(batches) - len(todo), cfg["run"]["progress"] and dist.is_main)
+    grid_saved = (out / "examples.png").exists()
+    for b in todo:
+        start = time.perf_counter()
+        xs, ys = zip(*(dataset[p][:2] for p in batches[b]))
+        x = torch.stack([torch.as_tensor(v) for v in xs]).to(device).float()
+        y = torch.as_tensor(ys, dtype=torch.long).to(device)
+        pending = [i for i, p in enumerate(batches[b]) if indices[p] not in done]
+        records, extras = _evaluate_batch(ev, x, y, b, [indices[batches[b][i]] for i in range(len(x))], digest)
+        append_records(my_records, [records[i] for i in pending])
+        stats["seconds"] += time.perf_counter() - start
+        stats["images"] += len(x)
+        stats["attack_calls"] = extras["attack_calls"]
+        for r in records:
+            done[r["index"]] = r
+        if cfg["run"]["save_images"] and not grid_saved and dist.is_main:
+            _save_examples(out / "examples.png", x, extras["x_adv"], purifier)
+            grid_saved = True
+        progress.update(1)
+        progress.set_postfix(_running(done.values()))
+    progress.close()
+    dist.barrier()
+    summary: dict[str, Any] = {}
+    if dist.is_main:
+        records = _merge(out, digest, dist.world_size)
+        sanity_report = _sanity(ev, dataset, cfg) if cfg["run"]["sanity"] else None
+        summary = _summarise(cfg, digest, records, stats, purifier, sanity_report, device)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (out / "summary.md").write_text(_summary_markdown(summary))
+    dist.barrier()
+    dist.close()
+    return summary
+
+
+def _evaluate_batch(ev: _Evaluator, x: Tensor, y: Tensor, b: int, indices: list[int],
+                    digest: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    cfg = ev.cfg
+    seed = cfg["run"]["seed"]
+    k = cfg["run"]["worst_case_k"]
+    clean_label, clean_counts = ev.labels(x, 1, _batch_generator(seed, b, 1, ev.device))
+    x_adv, attack_calls = ev.attack(x, y, _batch_generator(seed, b, 2, ev.device))
+    adv_label, adv_counts = ev.labels(x_adv, k, _batch_generator(seed, b, 3, ev.device))
+    records = []
+    for i in range(x.shape[0]):
+        records.append({
+            "index": indices[i],
+            "label": int(y[i]),
+            "clean_prediction": int(clean_label[0, i]),
+            "adversarial_prediction": int(adv_label[0, i]),
+            "clean_votes": clean_counts[0, i].tolist(),
+            "adversarial_votes": adv_counts[0, i].tolist(),
+            "worst_case_correct": int((adv_label[:, i] == y[i]).sum()),
+            "worst_case_k": k,
+            "perturbation_linf": float((x_adv[i] - x[i]).abs().max()),
+            "perturbation_l2": float((x_adv[i] - x[i]).norm()),
+            "batch": b,
+            "settings_hash": digest,
+        })
+    return records, {"x_adv": x_adv, "attack_calls": attack_calls}
+
+
+def _finished(out: Path, digest: str) -> dict[int, dict[str, Any]]:
+    done: dict[int, dict[str, Any]] = {}
+    for path in sorted(out.glob("records*.jsonl")):
+        for r in read_records(path):
+            if r.get("settings_hash") == digest:
+                done.setdefault(int(r["index"]), r)
+    return done
+
+
+def _merge(out: Path, digest: str, world_size: int) -> list[dict[str, Any]]:
+    """All finished records, one per sample in dataset order; with several ranks, rewrite records.jsonl."""
+    done = _finished(out, digest)
+    records = [done[i] for i in sorted(done)]
+    rank_files = sorted(out.glob("records.rank*.jsonl"))
+    if rank_files:
+        tmp = out / "records.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        os.replace(tmp, out / "records.jsonl")
+        for f in rank_files:
+            f.unlink()
+    return records
+
+
+def _running(records: Iterable[dict[str, Any]]) -> dict[str, str]:
+    rs = list(records)
+    if not rs:
+        return {}
+    clean = sum(r["clean_prediction"] == r["label"] for r in rs) / len(rs)
+    robust = sum(r["adversarial_prediction"] == r["label"] for r in rs) / len(rs)
+    return {"n": str(len(rs)), "clean": f"{clean:.3f}", "robust": f"{robust:.3f}"}
+
+
+def _progress(total: int, initial: int, enabled: bool):  # noqa: ANN202
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="evaluate", unit="batch")
+
+
+def _peak_memory_mb(device: torch.device) -> dict[str, float]:
+    mem = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        mem["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return mem
+
+
+def _summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], stats: dict[str, Any],
+               purifier: Purifier | None, sanity_report: dict[str, Any] | None,
+               device: torch.device) -> dict[str, Any]:
+    from . import __version__
+
+    n = len(records)
+    clean = sum(r["clean_prediction"] == r["label"] for r in records)
+    robust = sum(r["adversarial_prediction"] == r["label"] for r in records)
+    worst = sum(r["worst_case_correct"] == r["worst_case_k"] for r in records)
+    a = cfg["attack"]
+    if purifier is None:
+        defence_calls = attack_calls = 0
+    else:
+        defence_calls = purifier.eps_calls()
+        attack_calls = {"surrogate": purifier.eps_calls(a["surrogate_ddim_steps"]), "exact": defence_calls,
+                        "bpda": 0}[a["gradient"]]
+    passes = 0 if a["name"] == "none" else (1 if a["name"] == "fgsm" else a["steps"]) * a["eot"]
+    summary = {
+        "n": n,
+        "clean_accuracy": clean / n if n else math.nan,
+        "clean_accuracy_ci95": wilson_interval(clean, n),
+        "robust_accuracy": robust / n if n else math.nan,
+        "robust_accuracy_ci95": wilson_interval(robust, n),
+        "robust_accuracy_worst_case": worst / n if n else math.nan,
+        "robust_accuracy_worst_case_ci95": wilson_interval(worst, n),
+        "worst_case_k": cfg["run"]["worst_case_k"],
+        "votes_per_evaluation": purifier.config.runs if purifier is not None else 1,
+        "eps_calls": {
+            "attack_per_forward_pass": attack_calls,
+            "defence_per_purification": defence_calls,
+            "attack_per_image": attack_calls * passes,
+            "attack_gradient": a["gradient"] if purifier is not None else "classifier",
+        },
+        "seconds_per_image_this_session": stats["seconds"] / stats["images"] if stats["images"] else None,
+        "images_this_session": stats["images"],
+        "memory": _peak_memory_mb(device),
+        "settings_hash": digest,
+        "config": cfg,
+        "version": __version__,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''} threads={torch.get_num_threads()}".strip(),
+        "device": str(device),
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if sanity_report is not None:
+        summary["sanity"] = sanity_report
+    return summary
+
+
+def _pct(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
+
+
+def _summary_markdown(s: dict[str, Any]) -> str:
+    ci = s["robust_accuracy_ci95"]
+    wci = s["robust_accuracy_worst_case_ci95"]
+    cci = s["clean_accuracy_ci95"]
+    calls = s["eps_calls"]
+    spi = s["seconds_per_image_this_session"]
+    lines = [
+        "# hetpure evaluation summary",
+        "",
+        "| metric | value | 95% CI |",
+        "|---|---|---|",
+        f"| n | {s['n']} | |",
+        f"| clean accuracy | {_pct(s['clean_accuracy'])} | {_pct(cci[0])} – {_pct(cci[1])} |",
+        f"| robust accuracy (majority vote of {s['votes_per_evaluation']}) | {_pct(s['robust_accuracy'])} | "
+        f"{_pct(ci[0])} – {_pct(ci[1])} |",
+        f"| robust accuracy (worst case of K = {s['worst_case_k']}) | {_pct(s['robust_accuracy_worst_case'])} | "
+        f"{_pct(wci[0])} – {_pct(wci[1])} |",
+        f"| time per image (this session) | {'n/a' if spi is None else f'{spi:.2f} s'} | |",
+        f"| peak memory | {', '.join(f'{k} {v:.0f}' for k, v in s['memory'].items())} | |",
+        "",
+        "## ε-model calls",
+        "",
+        f"- attack: {calls['attack_per_forward_pass']} per forward pass through the defence "
+        f"(gradient: {calls['attack_gradient']}), {calls['attack_per_image']} per image in total",
+        f"- defence: {calls['defence_per_purification']} per purification, "
+        f"× {s['votes_per_evaluation']} votes per evaluation",
+    ]
+    if calls["attack_per_forward_pass"] != calls["defence_per_purification"]:
+        lines.append(
+            f"- **the attacked pipeline differs from the evaluated one**: "
+            f"{calls['attack_per_forward_pass']} vs {calls['defence_per_purification']} ε-model calls"
+        )
+    if "sanity" in s:
+        lines += ["", "## Sanity checks (Carlini et al. 2019)", ""]
+        for name, check in s["sanity"]["checks"].items():
+            mark = "PASS" if check["passed"] else "**FAILED**"
+            lines.append(f"- {mark} {name}: {check['detail']}")
+    lines += [
+        "",
+        f"hetpure {s['version']}, torch {s['torch']}, {s['machine']}, device {s['device']}, "
+        f"settings hash `{s['settings_hash']}`, finished {s['finished']}",
+        "",
+        "## Resolved config",
+        "",
+        "```json",
+        json.dumps(s["config"], indent=2, default=str),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sanity checks and figures
+# --------------------------------------------------------------------------------------------------
+
+
+def _sanity(ev: _Evaluator, dataset: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Carlini et al. 2019 checks on a probe set (the first ``sanity_n`` samples)."""
+    n = min(cfg["run"]["sanity_n"], len(dataset))
+    xs, ys = zip(*(dataset[i][:2] for i in range(n)))
+    x = torch.stack([torch.as_tensor(v) for v in xs]).to(ev.device).float()
+    y = torch.as_tensor(ys, dtype=torch.long).to(ev.device)
+    seed = cfg["run"]["seed"]
+    a = cfg["attack"]
+    checks: dict[str, dict[str, Any]] = {}
+    if a["name"] == "none":
+        return {"probe_n": n, "checks": {"attack": {"passed": False, "detail": "attack.name is none"}}}
+
+    def accuracy(x_adv: Tensor, salt: int) -> float:
+        label, _ = ev.labels(x_adv, 1, _batch_generator(seed, 10_000, salt, ev.device))
+        return float((label[0] == y).float().mean())
+
+    x_und, _ = ev.attack(x, y, _batch_generator(seed, 10_000, 1, ev.device), undefended=True)
+    with torch.no_grad():
+        und = float((ev.classifier(x_und).argmax(1) == y).float().mean())
+    checks["undefended classifier falls to <= 2%"] = {"passed": und <= 0.02, "detail": f"accuracy {und:.3f}"}
+    slack = 1.0 / n
+    if a["name"] != "fgsm":
+        base = accuracy(ev.attack(x, y, _batch_generator(seed, 10_000, 2, ev.device))[0], 3)
+        more = accuracy(ev.attack(x, y, _batch_generator(seed, 10_000, 4, ev.device), steps=2 * a["steps"])[0], 5)
+        checks["accuracy does not rise when iterations double"] = {
+            "passed": more <= base + slack,
+            "detail": f"{a['steps']} steps {base:.3f}, {2 * a['steps']} steps {more:.3f}",
+        }
+    big_eps = 64 / 255 if a["norm"] == "linf" else 8.0
+    changes = {"eps": big_eps}
+    if a["name"] == "pgd":
+        changes["step_size"] = big_eps / 4
+    big = accuracy(ev.attack(x, y, _batch_generator(seed, 10_000, 6, ev.device), **changes)[0], 7)
+    with torch.no_grad():
+        num_classes = int(ev.classifier(x[:1]).shape[1])
+    chance = 1.0 / num_classes
+    checks["large budget drives accuracy to chance or below"] = {
+        "passed": big <= chance + slack, "detail": f"eps {big_eps:.4f}: accuracy {big:.3f} (chance {chance:.3f})"
+    }
+    return {"probe_n": n, "checks": checks, "all_passed": all(c["passed"] for c in checks.values())}
+
+
+def _save_examples(path: Path, x: Tensor, x_adv: Tensor, purifier: Purifier | None, count: int = 8) -> None:
+    from .viz import save_grid
+
+    x, x_adv = x[:count].detach().cpu(), x_adv[:count].detach().cpu()
+    rows = {"original": x, "adversarial": x_adv, "perturbation x10": ((x_adv - x) * 10 + 0.5).clamp(0, 1)}
+    if purifier is not None:
+        dev_x = x_adv.to(next(purifier.eps_model.parameters()).device)
+        with torch.no_grad():
+            if hasattr(purifier, "mask"):
+                rows["mask"] = purifier.mask(dev_x).cpu().expand_as(x)
+            rows["purified"] = purifier.purify(dev_x, generator=torch.Generator(dev_x.device).manual_seed(0)).cpu()
+    save_grid(rows, path)
