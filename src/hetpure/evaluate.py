@@ -29,8 +29,8 @@ from .errors import ConfigError, HetpureError
 from .purify import Purifier, PurifyConfig, purifier_from_config
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {"name": None, "root": None, "split": "test", "n": None, "seed": 0, "download": False},
-    "classifier": {"name": None, "path": None, "trust_pickle": False, "mask_layers": None},
+    "data": {"name": None, "root": None, "split": "test", "n": None, "seed": 0, "download": False, "options": None},
+    "classifier": {"name": None, "path": None, "trust_pickle": False, "mask_layers": None, "options": None},
     "diffusion": {"kind": "diffusers", "path": None, "config": None, "dtype": None, "trust_pickle": False},
     "defense": {"method": "heterogeneous", **PurifyConfig().to_dict()},
     "attack": {
@@ -166,13 +166,17 @@ def append_records(path: Path, records: list[dict[str, Any]]) -> None:
 
 def build_components(cfg: dict[str, Any], device: torch.device) -> tuple[Any, nn.Module, Purifier | None]:
     """Dataset, classifier and purifier of a resolved config."""
-    from . import load_classifier, load_dataset
+    from .data import load_dataset
+    from .models.registry import load_classifier
 
     d = cfg["data"]
-    extra = {"download": True} if d.get("download") else {}
+    extra = dict(d["options"] or {})
+    if d["download"]:
+        extra["download"] = True
     dataset = load_dataset(d["name"], root=d["root"], split=d["split"], n=d["n"], seed=d["seed"], **extra)
     c = cfg["classifier"]
-    classifier = load_classifier(c["name"], path=c["path"], trust_pickle=c["trust_pickle"]).to(device).eval()
+    classifier = load_classifier(c["name"], path=c["path"], trust_pickle=c["trust_pickle"], **(c["options"] or {}))
+    classifier = classifier.to(device).eval()
     purifier = None
     if cfg["defense"]["method"] != "none":
         eps_model = _load_eps(cfg["diffusion"]).to(device).eval()

@@ -1,0 +1,134 @@
+"""The evaluation harness: outputs, resumability, config errors, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from test_purify import tiny_unet
+
+from hetpure import cli
+from hetpure.errors import ConfigError, HetpureError
+from hetpure.evaluate import evaluate, parse_set, read_records, resolve_config, wilson_interval
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("assets")
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / "data" / "test" / c).mkdir(parents=True)
+        for i in range(3):
+            arr = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / "data" / "test" / c / f"{i}.png")
+    unet = tiny_unet()
+    unet.save_pretrained(root / "ddpm")
+    (root / "ddpm" / "scheduler_config.json").write_text(json.dumps(
+        {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "num_train_timesteps": 1000}
+    ))
+    return root
+
+
+def config(assets: Path, out: Path, **changes: dict) -> dict:
+    cfg = {
+        "data": {"name": "imagefolder", "root": str(assets / "data"), "split": "test", "n": 5, "seed": 0},
+        "classifier": {"name": "cifar_resnet20"},
+        "diffusion": {"kind": "diffusers", "path": str(assets / "ddpm")},
+        "defense": {"method": "heterogeneous", "t_s": 0.1, "t_l": 0.2, "tau": 0.5, "ddim_steps": 20, "runs": 2},
+        "attack": {"name": "pgd", "steps": 2, "eot": 1, "gradient": "surrogate", "surrogate_ddim_steps": 10},
+        "run": {"batch_size": 2, "device": "cpu", "seed": 0, "out": str(out), "worst_case_k": 2,
+                "progress": False},
+    }
+    for section, values in changes.items():
+        cfg[section].update(values)
+    return cfg
+
+
+def test_outputs_and_resume(assets: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = evaluate(config(assets, out))
+    records = read_records(out / "records.jsonl")
+    assert summary["n"] == 5 and len(records) == 5
+    assert {"clean_accuracy", "robust_accuracy", "robust_accuracy_worst_case", "n", "config"} <= set(summary)
+    assert summary["eps_calls"]["attack_per_forward_pass"] == 2
+    assert summary["eps_calls"]["defence_per_purification"] == 4
+    assert sorted(r["index"] for r in records) == sorted(r["index"] for r in records if r["index"] < 6)
+    r = records[0]
+    assert {"index", "label", "clean_prediction", "adversarial_prediction", "clean_votes", "adversarial_votes",
+            "settings_hash"} <= set(r)
+    assert sum(r["clean_votes"]) == 2 and r["worst_case_correct"] <= 2
+    assert all(rec["perturbation_linf"] <= 8 / 255 + 1e-6 for rec in records)
+    md = (out / "summary.md").read_text()
+    assert "robust accuracy" in md and "95% CI" in md and "differs from the evaluated one" in md
+    assert (out / "examples.png").exists()
+    full = (out / "records.jsonl").read_text()
+
+    # rerunning skips everything
+    again = evaluate(config(assets, out))
+    assert (out / "records.jsonl").read_text() == full and again["images_this_session"] == 0
+
+    # a kill after the first batch, mid-write of the second: the torn line is dropped and the rest redone
+    lines = full.splitlines(keepends=True)
+    (out / "records.jsonl").write_text("".join(lines[:2]) + lines[2][:17])
+    evaluate(config(assets, out))
+    resumed = read_records(out / "records.jsonl")
+    assert sorted(map(json.dumps, resumed)) == sorted(map(json.dumps, read_records_text(full)))
+
+
+def read_records_text(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_other_settings_in_the_same_folder_are_refused(assets: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    evaluate(config(assets, out, data={"n": 2}, attack={"name": "fgsm"}))
+    with pytest.raises(HetpureError, match="other settings"):
+        evaluate(config(assets, out, data={"n": 2}, attack={"name": "fgsm", "eps": 0.1}))
+
+
+def test_undefended_and_uniform(assets: Path, tmp_path: Path) -> None:
+    s = evaluate(config(assets, tmp_path / "none", defense={"method": "none"}, attack={"name": "fgsm"}))
+    assert s["eps_calls"]["defence_per_purification"] == 0
+    u = evaluate(config(assets, tmp_path / "uni", defense={"method": "uniform", "t_star": 0.1},
+                        attack={"name": "none"}))
+    assert u["clean_accuracy"] == u["robust_accuracy"]
+
+
+def test_config_errors(assets: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="attack.stepz"):
+        resolve_config(config(assets, tmp_path, attack={"stepz": 3}))
+    with pytest.raises(ConfigError, match="unknown config section 'model'"):
+        resolve_config({**config(assets, tmp_path), "model": {}})
+    with pytest.raises(ConfigError, match="attack.gradient"):
+        resolve_config(config(assets, tmp_path, attack={"gradient": "magic"}))
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_set(["steps=3"])
+    assert parse_set(["attack.eps=0.5", "run.device=cpu"]) == {"attack": {"eps": 0.5}, "run": {"device": "cpu"}}
+
+
+def test_wilson_interval() -> None:
+    lo, hi = wilson_interval(50, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3
+    assert wilson_interval(0, 10)[0] == 0.0
+
+
+def test_cli_evaluate_with_set_and_sanity(assets: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(config(assets, tmp_path / "cli", data={"n": 2})))
+    code = cli.main(["evaluate", str(cfg_file), "--set", "attack.name=fgsm", "--set", "run.sanity_n=2",
+                     "--sanity"])
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["config"]["attack"]["name"] == "fgsm"
+    checks = summary["sanity"]["checks"]
+    assert "undefended classifier falls to <= 2%" in checks
+    assert "large budget drives accuracy to chance or below" in checks
+    assert code == 0
+    strict = cli.main(["evaluate", str(cfg_file), "--set", "attack.name=fgsm", "--set", "run.sanity_n=2",
+                       "--sanity", "--strict"])
+    assert strict == (0 if summary["sanity"]["all_passed"] else 3)
+    assert cli.main(["evaluate", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
