@@ -92,7 +92,8 @@ def test_golden_detects_an_off_by_one_in_u(golden, clf) -> None:
     case = cases[1]
     cfg = PurifyConfig(t_s=case["t_s"], t_l=case["t_l"], resample_steps=case["U"] - 1, ddim_steps=case["ddim_steps"])
     with torch.no_grad():
-        out = HeterogeneousPurifier(eps_model, clf, cfg).purify((t["input.x0"] + 1) / 2, mask=t["input.mask"], noise=ZEROS)
+        pur = HeterogeneousPurifier(eps_model, clf, cfg)
+        out = pur.purify((t["input.x0"] + 1) / 2, mask=t["input.mask"], noise=ZEROS)
     assert (out - ((t["output.case1"] + 1) / 2).clamp(0, 1)).abs().max() > 1e-4
 
 

@@ -256,8 +256,13 @@ class _Evaluator:
 
 
 def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None = None,
-             sanity: bool | None = None) -> dict[str, Any]:
-    """Run (or resume) an evaluation; returns the summary dict (also written to ``run.out``)."""
+             sanity: bool | None = None, components: tuple[Any, nn.Module, Purifier | None] | None = None
+             ) -> dict[str, Any]:
+    """Run (or resume) an evaluation; returns the summary dict (also written to ``run.out``).
+
+    ``components`` = (dataset, classifier, purifier) replaces building them from the config's data,
+    classifier and diffusion sections (used by the demo with its embedded models).
+    """
     from .distributed import DistContext
 
     cfg = resolve_config(config, overrides)
@@ -281,7 +286,7 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
         config_file.write_text(json.dumps({"settings_hash": digest, "config": cfg}, indent=2, default=str))
     dist.barrier()
 
-    dataset, classifier, purifier = build_components(cfg, device)
+    dataset, classifier, purifier = components if components is not None else build_components(cfg, device)
     ev = _Evaluator(cfg, classifier, purifier, device)
     positions = list(range(len(dataset)))
     indices = [int(i) for i in getattr(dataset, "indices", positions)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import pickle
+import re
 import struct
 import warnings
 import zipfile
@@ -71,7 +72,9 @@ def _looks_like_torch_file(path: Path) -> bool:
 def _check_path(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
-        raise CheckpointError(f"checkpoint file not found: {p}. Check the path (or download the weights first).")
+        raise CheckpointError(
+            f"checkpoint file not found: {p}. Check the path (or download the weights first)."
+        )
     if p.is_dir():
         raise CheckpointError(
             f"checkpoint path {p} is a folder; pass the weights file inside it "
@@ -86,11 +89,11 @@ def _torch_load(p: Path, trust_pickle: bool) -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trust_pickle:
-            first = str(exc).strip().splitlines()
-            detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), "")
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            detail = f": it references {found.group(1)}" if found else ""
             raise CheckpointError(
                 f"refusing to load {p}: it is a pickle that needs more than tensors to load "
-                f"(torch.load(weights_only=True) failed{': ' + detail.strip() if detail else ''}). "
+                f"(torch.load(weights_only=True) failed{detail}). "
                 "Unpickling such a file can run arbitrary code chosen by whoever made it. "
                 "Convert it to safetensors, or, only if you trust its source, pass trust_pickle=True "
                 "(CLI: --trust-pickle)."
@@ -104,8 +107,10 @@ def _torch_load(p: Path, trust_pickle: bool) -> Any:
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
     )
 
 
@@ -178,7 +183,9 @@ def load_state_dict_file(path: str | Path, trust_pickle: bool = False) -> dict[s
             raise CheckpointError(f"{p} is a safetensors file with no tensors in it")
         return sd
     if p.suffix.lower() == ".safetensors":
-        raise CheckpointError(f"{p} has a .safetensors suffix but is not a valid safetensors file (truncated?)")
+        raise CheckpointError(
+            f"{p} has a .safetensors suffix but is not a valid safetensors file (truncated?)"
+        )
     if p.suffix.lower() in PICKLE_SUFFIXES or _looks_like_torch_file(p):
         return _unwrap(_torch_load(p, trust_pickle), p)
     raise CheckpointError(
@@ -212,7 +219,9 @@ def load_ema_shadow_params(module: nn.Module, path: str | Path, trust_pickle: bo
         if s.shape != q.shape
     ]
     if bad:
-        raise CheckpointError(f"EMA shadow parameters of {p} do not fit the module:\n  " + "\n  ".join(bad[:10]))
+        raise CheckpointError(
+            f"EMA shadow parameters of {p} do not fit the module:\n  " + "\n  ".join(bad[:10])
+        )
     with torch.no_grad():
         for s, q in zip(shadow, params, strict=True):
             q.copy_(s)
@@ -247,22 +256,37 @@ def match_state_dict_keys(state_dict: Mapping[str, Tensor], expected: list[str])
     best = (sum(k in exp for k in keys), "", "")
     for strip in strip_options:
         for add in add_options:
-            hits = sum((add + k[len(strip):]) in exp for k in keys)
+            hits = sum((add + k[len(strip) :]) in exp for k in keys)
             if hits > best[0]:
                 best = (hits, strip, add)
     _, strip, add = best
     if not strip and not add:
         return dict(state_dict)
-    return {add + k[len(strip):]: v for k, v in state_dict.items()}
+    return {add + k[len(strip) :]: v for k, v in state_dict.items()}
+
+
+def _natural(key: str) -> list[tuple[int, int | str]]:
+    """Sort key that orders ``layer2`` before ``layer10``."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", key) if part]
 
 
 def _key_list(title: str, keys: list[str], candidates: list[str]) -> str:
+    """Keys grouped by module (``layer1.3.bn1.{weight, bias}``), in natural order, with close matches."""
+    groups: dict[str, list[str]] = {}
+    for k in sorted(keys, key=_natural):
+        module, _, leaf = k.rpartition(".")
+        groups.setdefault(module, []).append(leaf)
     lines = [f"{title} ({len(keys)}):"]
-    for k in keys[:_MAX_LISTED]:
-        close = difflib.get_close_matches(k, candidates, n=1, cutoff=0.75)
-        lines.append(f"  {k}" + (f"   (closest on the other side: {close[0]})" if close else ""))
-    if len(keys) > _MAX_LISTED:
-        lines.append(f"  ... and {len(keys) - _MAX_LISTED} more")
+    for module, leaves in list(groups.items())[:_MAX_LISTED]:
+        if len(leaves) == 1:
+            full = f"{module}.{leaves[0]}" if module else leaves[0]
+            close = difflib.get_close_matches(full, candidates, n=1, cutoff=0.75)
+            lines.append(f"  {full}" + (f"   (closest on the other side: {close[0]})" if close else ""))
+        else:
+            lines.append(f"  {module}.{{{', '.join(leaves)}}}")
+    if len(groups) > _MAX_LISTED:
+        rest = sum(len(v) for v in list(groups.values())[_MAX_LISTED:])
+        lines.append(f"  ... and {rest} more in {len(groups) - _MAX_LISTED} more modules")
     return "\n".join(lines)
 
 
@@ -290,7 +314,9 @@ def load_into(module: nn.Module, state_dict: Mapping[str, Tensor], strict: bool 
         raise CheckpointError(f"expected a mapping of names to tensors, got {type(state_dict).__name__}")
     non_tensor = [k for k, v in state_dict.items() if not isinstance(v, Tensor)]
     if non_tensor:
-        raise CheckpointError(f"state dict entries that are not tensors: {', '.join(map(str, non_tensor[:10]))}")
+        raise CheckpointError(
+            f"state dict entries that are not tensors: {', '.join(map(str, non_tensor[:10]))}"
+        )
     own = module.state_dict()
     sd = match_state_dict_keys(state_dict, list(own))
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]

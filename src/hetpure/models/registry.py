@@ -19,7 +19,13 @@ from torch import nn
 
 from ..errors import HetpureError
 
-__all__ = ["ClassifierSpec", "describe_classifier", "list_classifiers", "load_classifier", "register_classifier"]
+__all__ = [
+    "ClassifierSpec",
+    "describe_classifier",
+    "list_classifiers",
+    "load_classifier",
+    "register_classifier",
+]
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
