@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HetpureError
 from ..schedule import NoiseSchedule, cosine_betas
 from ._layers import Float32GroupNorm, param_dtype
+from .base import EpsModel
 
 #: The guided-diffusion flags of OpenAI's ``256x256_diffusion_uncond.pt`` (guided-diffusion defaults
 #: updated with DiffPure's / Purification's ``imagenet.yml``); the default of :meth:`AdmConfig.from_flags`.
@@ -195,7 +196,9 @@ class AdmConfig:
         if self.num_head_channels != -1:
             for w in widths:
                 if w % self.num_head_channels:
-                    raise ConfigError(f"width {w} is not divisible by num_head_channels={self.num_head_channels}")
+                    raise ConfigError(
+                        f"width {w} is not divisible by num_head_channels={self.num_head_channels}"
+                    )
         if self.num_res_blocks < 1:
             raise ConfigError("num_res_blocks must be >= 1")
         if self.noise_schedule not in ("linear", "cosine"):
@@ -216,7 +219,7 @@ class AdmConfig:
 
 
 def adm_timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """ADM's sinusoidal embedding, float32: ``[cos(t·f_k), sin(t·f_k)]`` with f_k = max_period^(−k/half)."""
+    """ADM's sinusoidal embedding in float32: ``[cos(t·f_k), sin(t·f_k)]``, f_k = max_period^(−k/half)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None, :]
@@ -286,11 +289,16 @@ class AdmResBlock(nn.Module):
         self.channels, self.out_channels = channels, out_channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.resample = "up" if up else ("down" if down else None)
-        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            _norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
         emb_out = 2 * out_channels if use_scale_shift_norm else out_channels
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, emb_out))
         self.out_layers = nn.Sequential(
-            _norm(out_channels), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            _norm(out_channels),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
         self.skip_connection: nn.Module = (
             nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
@@ -326,7 +334,9 @@ class AdmAttention(nn.Module):
     three thirds of the channels, each split into heads. Softmax(q·k/√c) v per head, then ``proj_out``.
     """
 
-    def __init__(self, channels: int, num_heads: int, num_head_channels: int = -1, new_order: bool = False) -> None:
+    def __init__(
+        self, channels: int, num_heads: int, num_head_channels: int = -1, new_order: bool = False
+    ) -> None:
         super().__init__()
         if num_head_channels != -1:
             num_heads = channels // num_head_channels
@@ -342,12 +352,14 @@ class AdmAttention(nn.Module):
         flat = x.reshape(b, c, hgt * wid)
         qkv = self.qkv(self.norm(flat))
         heads, width = self.num_heads, c // self.num_heads
+        # One copy into channel-last (B, heads, L, ·) layout, contiguous in the head width as fused
+        # attention kernels want; then softmax(q·kᵀ/√width)·v per head.
         if self.new_order:
-            q, k, v = (part.reshape(b, heads, width, -1) for part in qkv.chunk(3, dim=1))
+            tokens = qkv.reshape(b, 3, heads, width, -1).permute(0, 2, 4, 1, 3).reshape(b, heads, -1, 3 * width)
         else:
-            q, k, v = qkv.reshape(b, heads, 3 * width, -1).split(width, dim=2)
-        # (B, heads, L, width) layout for scaled_dot_product_attention; softmax scale 1/√width.
-        a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+            tokens = qkv.reshape(b, heads, 3 * width, -1).transpose(-1, -2).contiguous()
+        q, k, v = tokens.split(width, dim=-1)
+        a = F.scaled_dot_product_attention(q, k, v)
         a = a.transpose(-1, -2).reshape(b, c, -1)
         return (flat + self.proj_out(a)).reshape(b, c, hgt, wid)
 
@@ -409,7 +421,9 @@ class AdmUNet(nn.Module):
                 if ds in cfg.attention_ds:
                     layers.append(attn(ch, cfg.num_heads_upsample))
                 if level and i == cfg.num_res_blocks:
-                    layers.append(res(ch, ch, up=True) if cfg.resblock_updown else AdmUpsample(ch, cfg.conv_resample))
+                    layers.append(
+                        res(ch, ch, up=True) if cfg.resblock_updown else AdmUpsample(ch, cfg.conv_resample)
+                    )
                     ds //= 2
                 self.output_blocks.append(AdmSequential(*layers))
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(stem_ch, cfg.out_channels, 3, padding=1))
@@ -427,3 +441,41 @@ class AdmUNet(nn.Module):
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)
+
+
+class AdmEps(EpsModel):
+    """ε-model adapter for an :class:`AdmUNet` (e.g. OpenAI's ``256x256_diffusion_uncond.pt``).
+
+    ``predict_eps(x_t, t)`` feeds the timestep indices unchanged (with ``timestep_respacing`` "1000" and
+    ``rescale_timesteps`` the network sees t·1000/1000 = t) and returns the first ``in_channels`` output
+    channels: with ``learn_sigma`` the network's 6 channels are ε (0–2) and the variance interpolation
+    values v (3–5), which hetpure's DDIM/DDPM steps do not use.
+
+    Inputs are cast to the network's dtype (float16/bfloat16 networks run in that precision, GroupNorm in
+    float32); the result is float32 (float64 for float64 inputs).
+
+    Attributes:
+        net: the wrapped network.
+        loaded_weights: which weights were loaded (``"state_dict"``, ``"ema"``, ``"model"``, or ``None`` for
+            random initialisation); set by :func:`hetpure.load_eps_model`.
+        weights_source: the checkpoint path, when loaded from a file.
+    """
+
+    def __init__(self, net: AdmUNet, schedule: NoiseSchedule | None = None) -> None:
+        if not isinstance(net, AdmUNet):
+            raise HetpureError(f"AdmEps wraps an AdmUNet, got {type(net).__name__}")
+        cfg = net.config
+        super().__init__(schedule or cfg.schedule(), cfg.in_channels, cfg.image_size)
+        self.net = net
+        self.loaded_weights: str | None = None
+        self.weights_source: str | None = None
+
+    def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
+        factor = self.net.config.downsample_factor
+        if x_t.shape[-1] % factor or x_t.shape[-2] % factor:
+            raise HetpureError(
+                f"ADM inputs need sides divisible by {factor}, got {tuple(x_t.shape[-2:])}; resize to "
+                f"{self.image_size}x{self.image_size} (the training size) first"
+            )
+        out = self.net(x_t.to(param_dtype(self.net)), t)
+        return out[:, : self.in_channels].to(torch.promote_types(x_t.dtype, torch.float32))

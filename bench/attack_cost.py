@@ -1,0 +1,99 @@
+"""Seconds and peak memory per attack iteration through the heterogeneous purifier, by gradient mode.
+
+Each case runs in its own process, so peak resident memory is per case. "added" is the peak minus the
+resident memory after the models were loaded: the memory the attack iteration itself needs.
+Target (issue 3): with checkpointing, added peak memory for S = 100 ≤ 1.5 × that for S = 10.
+
+    python bench/attack_cost.py [--batch 8] [--eot 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CASES = [
+    ("surrogate S=10 (defence S=100)", "surrogate", 100),
+    ("exact, checkpointed, S=10", "exact-ckpt", 10),
+    ("exact, checkpointed, S=100", "exact-ckpt", 100),
+    ("exact, no checkpointing, S=10", "exact-plain", 10),
+    ("exact, no checkpointing, S=100", "exact-plain", 100),
+]
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_case(mode: str, ddim_steps: int, batch: int, eot: int) -> dict:
+    import torch
+    from _common import peak_rss_mb, shared_dir
+
+    import hetpure
+    from hetpure.attacks import PGD, defended_model
+
+    torch.manual_seed(0)
+    shared = shared_dir()
+    eps = hetpure.DiffusersEps.from_pretrained(shared / "models/ddpm-cifar10-tiny")
+    clf = hetpure.load_classifier("cifar_resnet20", shared / "models/resnet20-cifar10/model.safetensors")
+    pur = hetpure.HeterogeneousPurifier(eps, clf, hetpure.PurifyConfig(t_s=0.1, t_l=0.2, tau=0.9,
+                                                                       ddim_steps=ddim_steps))
+    if mode == "surrogate":
+        model = defended_model(pur, clf, "surrogate", 10)
+    elif mode == "exact-ckpt":
+        model = defended_model(pur, clf, "exact")
+    else:
+        model = pur.as_module(use_checkpoint=False)
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1))
+    attack = PGD(steps=1, eot=eot)
+    base = current_rss_mb()
+    start = time.perf_counter()
+    attack(model, x, y)
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mb()
+    return {"seconds": seconds, "peak_mb": peak, "added_mb": peak - base, "eps_calls": model.eps_calls()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--eot", type=int, default=1)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--ddim-steps", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.ddim_steps, args.batch, args.eot)))
+        return
+    from _common import print_table
+
+    rows, added = [], {}
+    # glibc keeps freed heap pages resident, so peak RSS would count memory already released; serve large
+    # blocks with mmap (returned to the OS on free) so that RSS follows the live tensors.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    for label, mode, steps in CASES:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--case", mode, "--ddim-steps", str(steps), "--batch", str(args.batch),
+             "--eot", str(args.eot)],
+            capture_output=True, text=True, cwd=Path(__file__).parent, env=env,
+        )
+        if proc.returncode != 0:
+            sys.exit(proc.stderr)
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        added[(mode, steps)] = r["added_mb"]
+        rows.append([label, r["eps_calls"], f"{r['seconds']:.2f}", f"{r['peak_mb']:.0f}", f"{r['added_mb']:.0f}"])
+    print(f"one PGD iteration, batch {args.batch}, EOT {args.eot}, shared CIFAR-10 DDPM + ResNet-20, CPU")
+    print_table(["gradient", "ε calls differentiated", "seconds", "peak RSS MB", "added MB"], rows)
+    ratio = added[("exact-ckpt", 100)] / max(added[("exact-ckpt", 10)], 1.0)
+    print(f"checkpointed added memory S=100 / S=10: {ratio:.2f} (target <= 1.5: {'ok' if ratio <= 1.5 else 'ABOVE'})")
+
+
+if __name__ == "__main__":
+    main()
