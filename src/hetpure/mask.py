@@ -138,3 +138,24 @@ def random_mask_like(mask: Tensor, generator: torch.Generator | None = None) -> 
 def attended_fraction(mask: Tensor) -> float:
     """Mean fraction of attended pixels in a mask batch."""
     return float(mask.float().mean()) if mask.numel() else math.nan
+
+
+def gradcam_map(classifier: nn.Module, x: Tensor, layer_names: Sequence[str]) -> Tensor:
+    """Grad-CAM attention map (Selvaraju et al. 2017) on the same layers, for the mask-source ablation.
+
+    For the predicted class c and each layer: weights α_k = mean_{ij} ∂z_c/∂A_k, map ReLU(Σ_k α_k A_k),
+    upsampled bilinearly, min-max normalised per image; the maximum over layers, like :func:`energy_map`.
+    """
+    size = x.shape[-2:]
+    with torch.enable_grad(), ActivationRecorder(classifier, layer_names) as rec:
+        logits = classifier(x.detach())
+        acts = [a for a in rec.activations if a is not None]
+        if len(acts) != len(rec.layers):
+            raise HetpureError("a Grad-CAM layer was not called in the classifier's forward pass")
+        score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+        grads = torch.autograd.grad(score, acts)
+    maps = []
+    for act, grad in zip(acts, grads):
+        cam = (grad.mean(dim=(2, 3), keepdim=True) * act).sum(1, keepdim=True).relu().detach().float()
+        maps.append(normalise_per_image(F.interpolate(cam, size=size, mode="bilinear", align_corners=False)))
+    return torch.stack(maps, 0).amax(0)

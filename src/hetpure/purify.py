@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .checks import check_images, check_mask
 from .errors import ConfigError, HetpureError
-from .mask import binarize, energy_map, graded_weights, random_mask_like
+from .mask import binarize, energy_map, gradcam_map, graded_weights, random_mask_like
 from .models.base import EpsModel
 from .schedule import NoiseFn, NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, forward_step, q_sample
 
@@ -456,8 +456,6 @@ class HeterogeneousPurifier(Purifier):
         """The normalised attention map E (B, 1, H, W) in [0, 1] (``mask_source`` 'energy' or 'gradcam')."""
         check_images(x)
         if self.config.mask_source == "gradcam":
-            from .gradcam import gradcam_map
-
             return gradcam_map(self.classifier, x, self.mask_layers)
         return energy_map(self.classifier, x, self.mask_layers)
 

@@ -234,7 +234,8 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> Path:
         _ema_update(ema, unet, cfg.ema_decay if step >= cfg.warmup else 0.0)
         step += 1
         seconds += time.perf_counter() - start
-        running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
+        value = loss.item()
+        running = value if running is None else 0.98 * running + 0.02 * value
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
         with open(log, "a") as fh:
@@ -349,7 +350,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(state_file))
         _write_json(out / "progress.json", {"epoch": ep + 1})
         print(f"epoch {ep + 1}: test accuracy {_accuracy(model, test_x, test_y, device):.4f}")
