@@ -118,3 +118,36 @@ def test_evaluate_config_accepts_levels_and_mask_source(tmp_path) -> None:
     })
     pc = purify_config(cfg["defense"])
     assert (pc.levels, pc.tau_lo, pc.tau_hi, pc.mask_source) == ("graded", 0.5, 0.95, "gradcam")
+
+
+class CountingEps(hetpure.EpsModel):
+    def __init__(self, inner: hetpure.EpsModel) -> None:
+        super().__init__(inner.schedule, inner.in_channels, inner.image_size)
+        self.inner, self.calls = inner, 0
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x_t, t)
+
+
+@pytest.mark.parametrize("jumps, resample_steps", [(1, 3), (1, 0), (3, 0)])
+def test_eps_call_accounting_matches_the_sampler(eps, clf, jumps, resample_steps) -> None:
+    counting = CountingEps(eps)
+    cfg = PurifyConfig(tau=0.5, ddim_steps=50, repaint_jumps=jumps, resample_steps=resample_steps)
+    pur = HeterogeneousPurifier(counting, clf, cfg)
+    with torch.no_grad():
+        pur.purify(images(1), noise=ZEROS)
+    assert counting.calls == pur.eps_calls()
+    assert pur.eps_calls() == 10 + 5 * (jumps - 1)
+
+
+def test_repaint_with_an_empty_mask_is_the_single_step_low_path(eps, clf) -> None:
+    x = images(2)
+    zeros = torch.zeros(2, 1, 16, 16)
+    single = HeterogeneousPurifier(eps, clf, PurifyConfig(resample_steps=0, ddim_steps=50))
+    repaint = HeterogeneousPurifier(eps, clf, PurifyConfig(resample_steps=0, ddim_steps=50, repaint_jumps=4))
+    with torch.no_grad():
+        assert torch.allclose(single.purify(x, mask=zeros, noise=ZEROS), repaint.purify(x, mask=zeros, noise=ZEROS),
+                              atol=1e-6)
+        ones = torch.ones(2, 1, 16, 16)
+        assert not torch.allclose(single.purify(x, mask=ones, noise=ZEROS), repaint.purify(x, mask=ones, noise=ZEROS))

@@ -7,6 +7,7 @@ with the [0, 1] image API, the mask computation, majority voting and a different
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -34,6 +35,8 @@ class PurifyConfig:
     steps after each mixing; ``ddim_steps`` the nominal DDIM step count S (only its ``t_l`` fraction runs).
     Uniform: ``t_star`` and ``sampler`` ("ddim" or "ddpm"). ``runs`` is R, the votes of :meth:`predict`;
     ``max_batch`` bounds how many images one ε-model call sees when the R runs are batched.
+    ``repaint_jumps`` r > 1 replaces single-step resampling in stage 1 by RePaint's multi-step resampling
+    (r denoise/re-noise round trips per step, r ε-model calls; for the resampling ablation).
     ``levels="graded"`` gives each pixel its own start level between t_s and t_l from the attention map
     (w = clip((E − tau_lo)/(tau_hi − tau_lo), 0, 1)); ``mask_source`` chooses where the mask comes from.
     """
@@ -43,6 +46,7 @@ class PurifyConfig:
     tau: float | None = 0.9
     top_p: float | None = None
     resample_steps: int = 3
+    repaint_jumps: int = 1
     ddim_steps: int = 500
     eta: float = 0.0
     runs: int = 20
@@ -104,6 +108,9 @@ class PurifyConfig:
             )
         if self.resample_steps < 0:
             raise ConfigError(f"resample_steps must be >= 0, got {self.resample_steps}")
+        if self.repaint_jumps < 1:
+            raise ConfigError(f"repaint_jumps must be >= 1 (1 = the paper's single-step resampling), got "
+                              f"{self.repaint_jumps}")
         if int(self.t_l * T) + self.resample_steps >= T:
             raise ConfigError(
                 f"t_l·T + resample_steps = {int(self.t_l * T) + self.resample_steps} must stay below T = {T}; "
@@ -172,6 +179,23 @@ def _mixing_step(
     return ddim_step(schedule, x, eps_model(x, _timestep_tensor(x, t_up)), t_up, s, eta, noise)
 
 
+def _repaint_step(
+    eps_model: EpsModel, x0: Tensor, known: Tensor, t: int, s: int, jumps: int, eta: float, x: Tensor, *zs: Tensor
+) -> Tensor:
+    """Stage-1 step t → s with RePaint's resampling (Lugmayr et al. 2022, Alg. 1) instead of U forward steps:
+    r times {x ← m·x + (1 − m)·q(x_t | x_0); DDIM step t → s}, re-noising x_s → x_t with
+    q(x_t | x_s) = N(√(ᾱ_t/ᾱ_s) x_s, (1 − ᾱ_t/ᾱ_s) I) between the round trips."""
+    schedule = eps_model.schedule
+    noise = _queue(zs)
+    ratio = schedule.alpha_bar(t) / schedule.alpha_bar(s)
+    for j in range(jumps):
+        x = x + known * (q_sample(schedule, x0, t, noise) - x)
+        x = ddim_step(schedule, x, eps_model(x, _timestep_tensor(x, t)), t, s, eta, noise)
+        if j < jumps - 1:
+            x = math.sqrt(ratio) * x + math.sqrt(1.0 - ratio) * noise(x)
+    return x
+
+
 def _ddim_step(eps_model: EpsModel, t: int, s: int, eta: float, x: Tensor, *zs: Tensor) -> Tensor:
     """Stage-2 (and uniform) step: plain DDIM from t to s (DDIM eq. 12)."""
     return ddim_step(eps_model.schedule, x, eps_model(x, _timestep_tensor(x, t)), t, s, eta, _queue(zs))
@@ -193,6 +217,7 @@ def sample_heterogeneous(
     eta: float = 0.0,
     noise: NoiseFn = torch.randn_like,
     use_checkpoint: bool = False,
+    repaint_jumps: int = 1,
 ) -> Tensor:
     """Heterogeneous-noise DDIM sampler (Pei et al. 2025, Alg. 1), on the diffusion scale.
 
@@ -214,8 +239,13 @@ def sample_heterogeneous(
     for t, s in zip(ts[:-1], ts[1:]):
         if s >= t_s * T - 1e-9:
             known = (level_steps < t - 1e-6).to(x.dtype)
-            step = functools.partial(_mixing_step, eps_model, x0, known, t, s, resample_steps, eta)
-            x = _run_step(step, x, 1 + resample_steps + n_extra, noise, use_checkpoint)
+            if repaint_jumps > 1:
+                step = functools.partial(_repaint_step, eps_model, x0, known, t, s, repaint_jumps, eta)
+                n_noise = repaint_jumps * (1 + n_extra) + repaint_jumps - 1
+            else:
+                step = functools.partial(_mixing_step, eps_model, x0, known, t, s, resample_steps, eta)
+                n_noise = 1 + resample_steps + n_extra
+            x = _run_step(step, x, n_noise, noise, use_checkpoint)
         else:
             x = _run_step(functools.partial(_ddim_step, eps_model, t, s, eta), x, n_extra, noise, use_checkpoint)
     return x
@@ -258,7 +288,11 @@ def eps_calls(config: PurifyConfig, num_timesteps: int = 1000, uniform: bool = F
     if uniform and config.sampler == "ddpm":
         return int((config.t_star or 0) * num_timesteps)
     t_top = config.t_star if uniform else config.t_l
-    return len(ddim_timesteps(num_timesteps, config.ddim_steps, t_top or 0.0)) - 1
+    ts = ddim_timesteps(num_timesteps, config.ddim_steps, t_top or 0.0)
+    if uniform or config.repaint_jumps == 1:
+        return len(ts) - 1
+    stage1 = sum(1 for s in ts[1:] if s >= config.t_s * num_timesteps - 1e-9)
+    return len(ts) - 1 + stage1 * (config.repaint_jumps - 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -486,6 +520,7 @@ class HeterogeneousPurifier(Purifier):
         return sample_heterogeneous(
             self.eps_model, x0, levels, t_s=cfg.t_s, t_l=cfg.t_l, ddim_steps=ddim_steps,
             resample_steps=cfg.resample_steps, eta=cfg.eta, noise=noise, use_checkpoint=use_checkpoint,
+            repaint_jumps=cfg.repaint_jumps,
         )
 
 
