@@ -82,22 +82,23 @@ def normalise_per_image(maps: Tensor) -> Tensor:
     return ((flat - lo) / span.clamp_min(1e-12) * (span > 0)).view_as(maps)
 
 
-def energy_map(classifier: nn.Module, x: Tensor, layer_names: Sequence[str]) -> Tensor:
+def energy_map(classifier: nn.Module, x: Tensor, layer_names: Sequence[str], differentiable: bool = False) -> Tensor:
     """Attention map E ∈ [0, 1]^{B×1×H×W}: max over layers of normalised Σ_c A² (paper eq. 5–6).
 
-    The classifier runs once on ``x`` (its real input, [0, 1] images) without gradient.
+    The classifier runs once on ``x`` (its real input, [0, 1] images), without gradient unless
+    ``differentiable`` (the soft map that mask-aware attacks push away from their perturbation).
     """
     size = x.shape[-2:]
-    with torch.no_grad(), ActivationRecorder(classifier, layer_names) as rec:
+    with torch.set_grad_enabled(differentiable), ActivationRecorder(classifier, layer_names) as rec:
         classifier(x)
-    maps = []
-    for name, act in zip(rec.layer_names, rec.activations):
-        if act is None:
-            raise HetpureError(f"mask layer {name!r} was not called in the classifier's forward pass")
-        energy = act.float().pow(2).sum(dim=1, keepdim=True)
-        energy = F.interpolate(energy, size=size, mode="bilinear", align_corners=False)
-        maps.append(normalise_per_image(energy))
-    return torch.stack(maps, 0).amax(0)
+        maps = []
+        for name, act in zip(rec.layer_names, rec.activations):
+            if act is None:
+                raise HetpureError(f"mask layer {name!r} was not called in the classifier's forward pass")
+            energy = act.float().pow(2).sum(dim=1, keepdim=True)
+            energy = F.interpolate(energy, size=size, mode="bilinear", align_corners=False)
+            maps.append(normalise_per_image(energy))
+        return torch.stack(maps, 0).amax(0)
 
 
 def binarize(energy: Tensor, tau: float | None = 0.9, top_p: float | None = None) -> Tensor:
