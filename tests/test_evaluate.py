@@ -132,3 +132,14 @@ def test_cli_evaluate_with_set_and_sanity(assets: Path, tmp_path: Path, capsys: 
     assert strict == (0 if summary["sanity"]["all_passed"] else 3)
     assert cli.main(["evaluate", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("attack", [
+    {"name": "mask-pgd", "mask_mode": "weight", "attention_weight": 1.0},
+    {"name": "lowfreq-pgd", "grid": 4, "upsample": "nearest"},
+])
+def test_adaptive_attacks_run_from_the_config(assets: Path, tmp_path: Path, attack: dict) -> None:
+    s = evaluate(config(assets, tmp_path / attack["name"], data={"n": 2}, attack=attack))
+    assert s["n"] == 2 and 0 <= s["robust_accuracy"] <= 1
+    saved = json.loads((tmp_path / attack["name"] / "config.json").read_text())["config"]["attack"]
+    assert {k: saved[k] for k in attack} == attack

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "attack": {
         "name": "pgd", "norm": "linf", "eps": None, "step_size": None, "steps": 40, "eot": 1,
         "gradient": "surrogate", "surrogate_ddim_steps": 10, "random_start": False, "eot_batch": 256,
+        "mask_mode": "restrict", "attention_weight": 0.0, "grid": 8, "upsample": "bilinear",
     },
     "run": {
         "batch_size": 16, "device": "cpu", "seed": 0, "out": "runs/eval", "worst_case_k": 10,
@@ -203,8 +204,12 @@ def _attack_kwargs(a: dict[str, Any], generator: torch.Generator) -> dict[str, A
     kw: dict[str, Any] = {"norm": a["norm"], "eot": a["eot"], "eot_batch": a["eot_batch"], "generator": generator}
     if a["eps"] is not None:
         kw["eps"] = float(a["eps"])
-    if a["name"] == "pgd":
+    if a["name"] in ("pgd", "mask-pgd", "lowfreq-pgd"):
         kw.update(steps=a["steps"], step_size=a["step_size"], random_start=a["random_start"])
+    if a["name"] == "mask-pgd":
+        kw.update(mode=a["mask_mode"], attention_weight=float(a["attention_weight"]))
+    elif a["name"] == "lowfreq-pgd":
+        kw.update(grid=int(a["grid"]), upsample=a["upsample"])
     elif a["name"].startswith("apgd"):
         kw.update(steps=a["steps"], random_start=a["random_start"])
     return kw
@@ -547,7 +552,7 @@ def _sanity(ev: _Evaluator, dataset: Any, cfg: dict[str, Any]) -> dict[str, Any]
         }
     big_eps = 64 / 255 if a["norm"] == "linf" else 8.0
     changes = {"eps": big_eps}
-    if a["name"] == "pgd":
+    if a["name"] in ("pgd", "mask-pgd", "lowfreq-pgd"):
         changes["step_size"] = big_eps / 4
     big = accuracy(ev.attack(x, y, _batch_generator(seed, 10_000, 6, ev.device), **changes)[0], 7)
     with torch.no_grad():

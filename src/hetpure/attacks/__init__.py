@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..purify import Purifier
+from .adaptive import MASK_MODES, LowFrequencyPGD, MaskAwarePGD, attention_overlap
 from .apgd import APGD, apgd_checkpoints
 from .base import Attack, cross_entropy, dlr_loss, project
 from .pgd import FGSM, PGD
@@ -50,7 +51,7 @@ def defended_model(purifier: Purifier | None, classifier: nn.Module, gradient: s
     raise ConfigError(f"attack.gradient must be one of {GRADIENTS}, got {gradient!r}")
 
 
-ATTACKS = ("none", "fgsm", "pgd", "apgd-ce", "apgd-dlr")
+ATTACKS = ("none", "fgsm", "pgd", "apgd-ce", "apgd-dlr", "mask-pgd", "lowfreq-pgd")
 
 
 def make_attack(name: str, **kwargs: Any) -> Attack | None:
@@ -61,12 +62,17 @@ def make_attack(name: str, **kwargs: Any) -> Attack | None:
         return FGSM(**kwargs)
     if name == "pgd":
         return PGD(**kwargs)
+    if name == "mask-pgd":
+        return MaskAwarePGD(**kwargs)
+    if name == "lowfreq-pgd":
+        return LowFrequencyPGD(**kwargs)
     if name in ("apgd-ce", "apgd-dlr"):
         return APGD(loss=name.split("-")[1], **kwargs)
     raise ConfigError(f"unknown attack {name!r}; use one of {ATTACKS}")
 
 
 __all__ = [
-    "APGD", "ATTACKS", "Attack", "BPDAPurified", "FGSM", "GRADIENTS", "PGD", "apgd_checkpoints",
-    "cross_entropy", "defended_model", "dlr_loss", "make_attack", "project",
+    "APGD", "ATTACKS", "Attack", "BPDAPurified", "FGSM", "GRADIENTS", "LowFrequencyPGD", "MASK_MODES",
+    "MaskAwarePGD", "PGD", "apgd_checkpoints", "attention_overlap", "cross_entropy", "defended_model", "dlr_loss",
+    "make_attack", "project",
 ]
