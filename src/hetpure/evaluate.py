@@ -31,7 +31,8 @@ from .purify import Purifier, PurifyConfig, purifier_from_config
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"name": None, "root": None, "split": "test", "n": None, "seed": 0, "download": False, "options": None},
     "classifier": {"name": None, "path": None, "trust_pickle": False, "mask_layers": None, "options": None},
-    "diffusion": {"kind": "diffusers", "path": None, "config": None, "dtype": None, "trust_pickle": False},
+    "diffusion": {"kind": "diffusers", "path": None, "config": None, "dtype": None, "trust_pickle": False,
+                  "accelerate": None},
     "defense": {"method": "heterogeneous", **PurifyConfig().to_dict()},
     "attack": {
         "name": "pgd", "norm": "linf", "eps": None, "step_size": None, "steps": 40, "eot": 1,
@@ -180,7 +181,13 @@ def build_components(cfg: dict[str, Any], device: torch.device) -> tuple[Any, nn
     classifier = classifier.to(device).eval()
     purifier = None
     if cfg["defense"]["method"] != "none":
+        from .models.fast import accelerate
+
         eps_model = _load_eps(cfg["diffusion"]).to(device).eval()
+        speedups = cfg["diffusion"]["accelerate"] or {}
+        if not isinstance(speedups, dict):
+            raise ConfigError("diffusion.accelerate must be a mapping such as {channels_last: true}")
+        eps_model = accelerate(eps_model, **speedups)
         purifier = purifier_from_config(
             eps_model, classifier, cfg["defense"]["method"], purify_config(cfg["defense"]), c["mask_layers"]
         )
@@ -188,14 +195,8 @@ def build_components(cfg: dict[str, Any], device: torch.device) -> tuple[Any, nn
 
 
 def _load_eps(diffusion: dict[str, Any]) -> nn.Module:
-    try:
-        from .models.loading import load_eps_model
-    except ImportError:  # pragma: no cover - before the loader existed
-        from .models.diffusers_eps import DiffusersEps
+    from .models.loading import load_eps_model
 
-        if diffusion["kind"] != "diffusers":
-            raise HetpureError(f"diffusion.kind {diffusion['kind']!r} is not available") from None
-        return DiffusersEps.from_pretrained(diffusion["path"])
     kwargs = {k: diffusion[k] for k in ("config", "dtype", "trust_pickle") if diffusion.get(k) is not None}
     return load_eps_model(diffusion["kind"], diffusion["path"], **kwargs)
 
