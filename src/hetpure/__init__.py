@@ -7,6 +7,7 @@ from .models import AdmEps, DiffusersEps, EpsModel, NcsnppEps, load_eps_model
 from .models.checkpoint import load_state_dict_file
 from .models.classifiers import as_classifier, check_logits
 from .models.registry import list_classifiers, load_classifier
+from .presets import list_presets, preset_purify_config
 from .purify import (
     HeterogeneousPurifier,
     PurifiedClassifier,
@@ -42,11 +43,13 @@ __all__ = [
     "check_logits",
     "energy_map",
     "list_classifiers",
+    "list_presets",
     "load_classifier",
     "load_dataset",
     "load_eps_model",
     "load_state_dict_file",
     "majority_vote",
+    "preset_purify_config",
     "sample_heterogeneous",
     "sample_uniform",
 ]

@@ -68,11 +68,21 @@ def parse_set(assignments: Iterable[str]) -> dict[str, dict[str, Any]]:
 
 
 def resolve_config(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Merge a user config (and overrides) over the defaults; unknown sections or keys are errors."""
+    """Merge a user config (and overrides) over the defaults; unknown sections or keys are errors.
+
+    A top-level ``preset: <name>`` (see :mod:`hetpure.presets`) is merged first, under the config's sections.
+    """
     if not isinstance(config, dict):
         raise ConfigError("an evaluation config must be a mapping of sections (data, classifier, ...)")
     resolved = copy.deepcopy(DEFAULTS)
-    for source in (config, overrides or {}):
+    config = dict(config)
+    sources: list[dict[str, Any]] = []
+    if config.get("preset") is not None:
+        from .presets import get_preset
+
+        sources.append(get_preset(str(config["preset"])))
+    config.pop("preset", None)
+    for source in (*sources, config, overrides or {}):
         for section, values in source.items():
             if section not in DEFAULTS:
                 raise ConfigError(f"unknown config section {section!r}; allowed: {sorted(DEFAULTS)}")
