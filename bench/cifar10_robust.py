@@ -1,0 +1,254 @@
+"""CIFAR-10 robustness of heterogeneous vs uniform purification on the shared models (issue 11).
+
+Every row is one resumable ``hetpure.evaluate`` run under OUT/<row>/ (kill and rerun at will: finished
+images are kept). Commands:
+
+    python bench/cifar10_robust.py table  [--n 256] [--rows ...] [--tuned-tl 0.2 --tuned-tau 0.7]
+    python bench/cifar10_robust.py tune   [--n 256]          # TRAIN split: picks τ and t_l for "tuned"
+    python bench/cifar10_robust.py sweep  [--n 32]           # t_l × τ grid, plot of clean/robust accuracy
+    python bench/cifar10_robust.py figures                   # example grid (+ the sweep plot if swept)
+
+Budget (2-core CPU default): PGD-EOT L∞ 8/255, step 0.007, 40 iterations × EOT 4, gradients through the
+S = 10 surrogate; defence S = 100, R = 8 votes, worst case over K = 3 evaluations. ``--paper-budget`` gives
+the paper's 200 × 20, S = 500, R = 20 (for GPUs: add ``--device cuda``). The heterogeneous-exact row
+attacks through the defence's own S = 100 sampler with per-step checkpointing.
+
+Writes docs/results/cifar10_robust.json (the table as data) and prints the table in Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import REPO, print_table, shared_dir
+
+from hetpure.evaluate import evaluate
+
+T_S, T_L, TAU, U = 0.1, 0.2, 0.9, 3
+ROWS = ("none", "uniform-ts", "uniform-tl", "heterogeneous", "heterogeneous-tuned", "heterogeneous-graded",
+        "heterogeneous-exact")
+
+
+def base_config(args: argparse.Namespace, split: str, n: int) -> dict[str, Any]:
+    shared = shared_dir()
+    paper = args.paper_budget
+    return {
+        "data": {"name": "imagefolder", "root": str(shared / "data/cifar10"), "split": split, "n": n, "seed": 0},
+        "classifier": {"name": "cifar_resnet20", "path": str(shared / "models/resnet20-cifar10/model.safetensors")},
+        "diffusion": {"kind": "diffusers", "path": str(shared / "models/ddpm-cifar10-tiny")},
+        "defense": {"method": "heterogeneous", "t_s": T_S, "t_l": T_L, "tau": TAU, "resample_steps": U,
+                    "ddim_steps": 500 if paper else args.ddim_steps, "runs": 20 if paper else args.runs},
+        "attack": {"name": "pgd", "norm": "linf", "eps": 8 / 255, "step_size": 0.007,
+                   "steps": 200 if paper else args.steps, "eot": 20 if paper else args.eot,
+                   "gradient": "surrogate", "surrogate_ddim_steps": 10},
+        "run": {"batch_size": args.batch_size, "device": args.device, "seed": 0, "worst_case_k": args.worst_case_k,
+                "save_images": True, "progress": True},
+    }
+
+
+def row_config(row: str, args: argparse.Namespace, split: str = "test", n: int | None = None) -> dict[str, Any]:
+    cfg = base_config(args, split, n or args.n)
+    d = cfg["defense"]
+    if row == "none":
+        cfg["defense"] = {"method": "none"}
+    elif row in ("uniform-ts", "uniform-tl"):
+        cfg["defense"] = {"method": "uniform", "t_star": T_S if row == "uniform-ts" else T_L,
+                          "ddim_steps": d["ddim_steps"], "runs": d["runs"]}
+    elif row == "heterogeneous-tuned":
+        d.update(t_l=args.tuned_tl, tau=args.tuned_tau)
+    elif row == "heterogeneous-graded":
+        d.update(t_l=args.tuned_tl, levels="graded", tau_lo=args.graded_lo, tau_hi=args.graded_hi)
+    elif row == "heterogeneous-exact":
+        cfg["attack"]["gradient"] = "exact"
+        cfg["attack"]["eot"] = max(1, cfg["attack"]["eot"] // 2)
+    elif row != "heterogeneous":
+        sys.exit(f"unknown row {row!r}; choose from {ROWS}")
+    return cfg
+
+
+def run_row(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    cfg["run"]["out"] = str(out)
+    print(f"\n== {out.name} ==", flush=True)
+    return evaluate(cfg)
+
+
+def describe(d: dict[str, Any]) -> str:
+    if d["method"] == "none":
+        return "–"
+    if d["method"] == "uniform":
+        return f"t*={d['t_star']}"
+    mask = f"τ={d['tau']}" if d["levels"] == "binary" else f"graded {d['tau_lo']}–{d['tau_hi']}"
+    return f"t_s={d['t_s']} t_l={d['t_l']} {mask} U={d['resample_steps']}"
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def table(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    rows, data = [], []
+    for row in args.rows:
+        cfg = row_config(row, args, n=args.n_exact if row == "heterogeneous-exact" else None)
+        s = run_row(cfg, out / row)
+        a = s["config"]["attack"]
+        ci, cci = s["robust_accuracy_ci95"], s["clean_accuracy_ci95"]
+        d = s["config"]["defense"]
+        setting = describe(d)
+        rows.append([row, setting, s["n"], f"{pct(s['clean_accuracy'])} ({pct(cci[0])}–{pct(cci[1])})",
+                     f"{pct(s['robust_accuracy'])} ({pct(ci[0])}–{pct(ci[1])})",
+                     pct(s["robust_accuracy_worst_case"]), s["eps_calls"]["defence_per_purification"],
+                     s["eps_calls"]["attack_per_image"], f"{s['seconds_per_image']:.1f}"])
+        data.append({
+            "defense": row, "settings": d, "clean_accuracy": s["clean_accuracy"],
+            "clean_accuracy_ci95": cci, "robust_accuracy": s["robust_accuracy"], "robust_accuracy_ci95": ci,
+            "robust_accuracy_worst_case": s["robust_accuracy_worst_case"], "n": s["n"],
+            "attack": {k: a[k] for k in ("name", "norm", "eps", "step_size", "steps", "eot", "gradient",
+                                         "surrogate_ddim_steps")},
+            "eps_calls": s["eps_calls"], "seconds_per_image": s["seconds_per_image"], "machine": s["machine"],
+            "finished": s["finished"],
+        })
+    headers = ["defence", "settings", "n", "clean % (95% CI)", "robust % (95% CI)", "worst-of-K %",
+               "ε-calls/purification", "attack ε-calls/image", "s/image"]
+    print()
+    print_table(headers, rows)
+    target = REPO / "docs/results/cifar10_robust.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(target.read_text()) if target.exists() else []
+    merged = {r["defense"]: r for r in previous}
+    merged.update({r["defense"]: r for r in data})
+    target.write_text(json.dumps([merged[k] for k in ROWS if k in merged], indent=2) + "\n")
+    print(f"\nwrote {target.relative_to(REPO)}")
+
+
+def tune(args: argparse.Namespace) -> None:
+    """Pick (t_l, τ) for the tuned row by robust accuracy on the TRAIN split (never the test subset)."""
+    out = Path(args.out) / "tune"
+    results = []
+    for t_l in args.tl_grid:
+        for tau in args.tau_grid:
+            cfg = row_config("heterogeneous", args, split="train", n=args.n)
+            cfg["defense"].update(t_l=t_l, tau=tau)
+            s = run_row(cfg, out / f"tl{t_l}_tau{tau}")
+            results.append((s["robust_accuracy"], s["clean_accuracy"], t_l, tau))
+    print_table(["t_l", "τ", "clean %", "robust %"], [[r[2], r[3], pct(r[1]), pct(r[0])] for r in results])
+    best = max(results)
+    print(f"\nbest on the train split: t_l={best[2]} τ={best[3]} (robust {pct(best[0])}%); "
+          f"use --tuned-tl {best[2]} --tuned-tau {best[3]}")
+
+
+def sweep(args: argparse.Namespace) -> None:
+    """Clean and robust accuracy against the noise level: uniform t*, and heterogeneous t_l × τ."""
+    out = Path(args.out) / "sweep"
+    points: list[dict[str, Any]] = []
+    for t in args.tl_grid:
+        cfg = row_config("uniform-tl", args, n=args.n)
+        cfg["defense"]["t_star"] = t
+        s = run_row(cfg, out / f"uniform_t{t}")
+        points.append({"method": "uniform", "t": t, "tau": None, "clean": s["clean_accuracy"],
+                       "robust": s["robust_accuracy"]})
+        for tau in args.tau_grid:
+            cfg = row_config("heterogeneous", args, n=args.n)
+            cfg["defense"].update(t_l=t, tau=tau)
+            s = run_row(cfg, out / f"hetero_tl{t}_tau{tau}")
+            points.append({"method": "heterogeneous", "t": t, "tau": tau, "clean": s["clean_accuracy"],
+                           "robust": s["robust_accuracy"]})
+    target = REPO / "docs/results/cifar10_sweep.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"n": args.n, "points": points}, indent=2) + "\n")
+    print_table(["method", "t_l / t*", "τ", "clean %", "robust %"],
+                [[p["method"], p["t"], p["tau"] or "–", pct(p["clean"]), pct(p["robust"])] for p in points])
+    plot_sweep(target, REPO / "docs/results/cifar10_sweep.png")
+
+
+def plot_sweep(data_file: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(data_file.read_text())
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key in zip(axes, ("clean", "robust")):
+        uni = [p for p in data["points"] if p["method"] == "uniform"]
+        ax.plot([p["t"] for p in uni], [100 * p[key] for p in uni], "k--o", label="uniform t*")
+        for tau in sorted({p["tau"] for p in data["points"] if p["tau"] is not None}):
+            pts = [p for p in data["points"] if p["tau"] == tau]
+            ax.plot([p["t"] for p in pts], [100 * p[key] for p in pts], "-o", label=f"heterogeneous τ={tau}")
+        ax.set_xlabel("t_l (heterogeneous, t_s = 0.1) / t* (uniform)")
+        ax.set_title(f"{key} accuracy (n = {data['n']})")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy %")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    print(f"wrote {png.relative_to(REPO)}")
+
+
+def figures(args: argparse.Namespace) -> None:
+    """Example grid: clean, adversarial, mask overlay, purified uniform (t_l), purified heterogeneous."""
+    import torch
+
+    import hetpure
+    from hetpure.attacks import PGD, defended_model
+    from hetpure.viz import save_grid
+
+    shared = shared_dir()
+    eps = hetpure.DiffusersEps.from_pretrained(shared / "models/ddpm-cifar10-tiny")
+    clf = hetpure.load_classifier("cifar_resnet20", shared / "models/resnet20-cifar10/model.safetensors")
+    data = hetpure.load_dataset("imagefolder", root=shared / "data/cifar10", split="test", n=8, seed=0)
+    x = torch.stack([torch.as_tensor(data[i][0]) for i in range(len(data))]).float()
+    y = torch.tensor([int(data[i][1]) for i in range(len(data))])
+    het = hetpure.HeterogeneousPurifier(eps, clf, hetpure.PurifyConfig(t_s=T_S, t_l=args.tuned_tl, tau=args.tuned_tau,
+                                                                       ddim_steps=args.ddim_steps))
+    uni = hetpure.UniformPurifier(eps, clf, hetpure.PurifyConfig(t_star=args.tuned_tl, ddim_steps=args.ddim_steps))
+    model = defended_model(het, clf, "surrogate", 10)
+    model.generator = torch.Generator().manual_seed(0)
+    x_adv = PGD(steps=args.steps, eot=args.eot)(model, x, y)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        mask = het.mask(x_adv)
+        overlay = x_adv * 0.5 + 0.5 * torch.cat([mask, torch.zeros_like(mask), torch.zeros_like(mask)], 1)
+        rows = {"clean": x, "adversarial": x_adv, "mask (red)": overlay,
+                f"uniform t*={args.tuned_tl}": uni.purify(x_adv, generator=g),
+                f"heterogeneous t_l={args.tuned_tl} τ={args.tuned_tau}": het.purify(x_adv, generator=g)}
+    png = REPO / "docs/results/cifar10_examples.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(rows, png, scale=3)
+    print(f"wrote {png.relative_to(REPO)}")
+    sweep_data = REPO / "docs/results/cifar10_sweep.json"
+    if sweep_data.exists():
+        plot_sweep(sweep_data, REPO / "docs/results/cifar10_sweep.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["table", "tune", "sweep", "figures"], nargs="?", default="table")
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--n-exact", type=int, default=None, help="n for the exact-gradient row (default --n)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--out", default="runs/cifar10")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--eot", type=int, default=4)
+    parser.add_argument("--ddim-steps", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--worst-case-k", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--paper-budget", action="store_true", help="200 × EOT 20, S = 500, R = 20")
+    parser.add_argument("--tuned-tl", type=float, default=0.2)
+    parser.add_argument("--tuned-tau", type=float, default=0.7)
+    parser.add_argument("--graded-lo", type=float, default=0.5)
+    parser.add_argument("--graded-hi", type=float, default=0.9)
+    parser.add_argument("--tl-grid", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.35])
+    parser.add_argument("--tau-grid", type=float, nargs="+", default=[0.5, 0.7, 0.9, 0.95])
+    args = parser.parse_args()
+    {"table": table, "tune": tune, "sweep": sweep, "figures": figures}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
