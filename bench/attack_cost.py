@@ -4,7 +4,11 @@ Each case runs in its own process, so peak resident memory is per case. "added" 
 resident memory after the models were loaded: the memory the attack iteration itself needs.
 Target (issue 3): with checkpointing, added peak memory for S = 100 ≤ 1.5 × that for S = 10.
 
-    python bench/attack_cost.py [--batch 8] [--eot 1]
+``--resampling`` prints the resampling ablation instead (issue 7): U = 0, 1, 3, 10 single forward steps
+against RePaint-style multi-step resampling (r round trips per stage-1 step), for the exact gradient
+through the S = 100 defence without checkpointing (so memory shows the sampler's whole graph).
+
+    python bench/attack_cost.py [--batch 8] [--eot 1] [--resampling]
 """
 
 from __future__ import annotations
@@ -32,7 +36,14 @@ def current_rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_case(mode: str, ddim_steps: int, batch: int, eot: int) -> dict:
+RESAMPLING_CASES = [
+    ("U=0", 0, 1), ("U=1", 1, 1), ("U=3 (paper)", 3, 1), ("U=10", 10, 1),
+    ("RePaint r=3", 0, 3), ("RePaint r=10", 0, 10),
+]
+
+
+def run_case(mode: str, ddim_steps: int, batch: int, eot: int, resample_steps: int = 3,
+             repaint_jumps: int = 1) -> dict:
     import torch
     from _common import peak_rss_mb, shared_dir
 
@@ -43,8 +54,9 @@ def run_case(mode: str, ddim_steps: int, batch: int, eot: int) -> dict:
     shared = shared_dir()
     eps = hetpure.DiffusersEps.from_pretrained(shared / "models/ddpm-cifar10-tiny")
     clf = hetpure.load_classifier("cifar_resnet20", shared / "models/resnet20-cifar10/model.safetensors")
-    pur = hetpure.HeterogeneousPurifier(eps, clf, hetpure.PurifyConfig(t_s=0.1, t_l=0.2, tau=0.9,
-                                                                       ddim_steps=ddim_steps))
+    cfg = hetpure.PurifyConfig(t_s=0.1, t_l=0.2, tau=0.9, ddim_steps=ddim_steps, resample_steps=resample_steps,
+                               repaint_jumps=repaint_jumps)
+    pur = hetpure.HeterogeneousPurifier(eps, clf, cfg)
     if mode == "surrogate":
         model = defended_model(pur, clf, "surrogate", 10)
     elif mode == "exact-ckpt":
@@ -66,27 +78,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--eot", type=int, default=1)
+    parser.add_argument("--resampling", action="store_true", help="the U / RePaint ablation table")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--ddim-steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--resample-steps", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--repaint-jumps", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.ddim_steps, args.batch, args.eot)))
+        print(json.dumps(run_case(args.case, args.ddim_steps, args.batch, args.eot, args.resample_steps,
+                                  args.repaint_jumps)))
         return
     from _common import print_table
 
-    rows, added = [], {}
-    # glibc keeps freed heap pages resident, so peak RSS would count memory already released; serve large
-    # blocks with mmap (returned to the OS on free) so that RSS follows the live tensors.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    for label, mode, steps in CASES:
+    def measure(*case_args: str) -> dict:
+        # glibc keeps freed heap pages resident, so peak RSS would count memory already released; serve large
+        # blocks with mmap (returned to the OS on free) so that RSS follows the live tensors.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
         proc = subprocess.run(
-            [sys.executable, __file__, "--case", mode, "--ddim-steps", str(steps), "--batch", str(args.batch),
-             "--eot", str(args.eot)],
+            [sys.executable, __file__, "--batch", str(args.batch), "--eot", str(args.eot), *case_args],
             capture_output=True, text=True, cwd=Path(__file__).parent, env=env,
         )
         if proc.returncode != 0:
             sys.exit(proc.stderr)
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    if args.resampling:
+        rows = []
+        for label, u, r in RESAMPLING_CASES:
+            m = measure("--case", "exact-plain", "--ddim-steps", "100", "--resample-steps", str(u),
+                        "--repaint-jumps", str(r))
+            rows.append([label, m["eps_calls"], f"{m['seconds']:.2f}", f"{m['peak_mb']:.0f}", f"{m['added_mb']:.0f}"])
+        print(f"resampling ablation: one PGD iteration, exact gradient through the S = 100 defence without "
+              f"checkpointing, batch {args.batch}, EOT {args.eot}, shared CIFAR-10 DDPM + ResNet-20, CPU")
+        print_table(["stage-1 resampling", "ε calls differentiated", "seconds", "peak RSS MB", "added MB"], rows)
+        return
+
+    rows, added = [], {}
+    for label, mode, steps in CASES:
+        r = measure("--case", mode, "--ddim-steps", str(steps))
         added[(mode, steps)] = r["added_mb"]
         rows.append([label, r["eps_calls"], f"{r['seconds']:.2f}", f"{r['peak_mb']:.0f}", f"{r['added_mb']:.0f}"])
     print(f"one PGD iteration, batch {args.batch}, EOT {args.eot}, shared CIFAR-10 DDPM + ResNet-20, CPU")
