@@ -92,6 +92,8 @@ def main() -> None:
     cfg = hetpure.PurifyConfig(t_s=T_S, t_l=T_L, tau=TAU, resample_steps=U, ddim_steps=args.ddim_steps, runs=args.runs)
     ours = hetpure.HeterogeneousPurifier(eps, clf, cfg)
     official = OfficialLoop(eps, clf, args.ddim_steps)
+    if not np.allclose(official.betas, np.asarray(eps.schedule.betas)):  # the comparison must be like for like
+        raise SystemExit("the shared DDPM's schedule is not linear 1e-4…2e-2; update OfficialLoop.betas")
     calls = ours.eps_calls()
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 

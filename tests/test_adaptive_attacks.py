@@ -146,3 +146,36 @@ def test_adaptive_attack_configuration_errors() -> None:
         LowFrequencyPGD(grid=0)
     with pytest.raises(ConfigError, match="finer"):
         LowFrequencyPGD(grid=32)(TinyClassifier(), *data())
+
+
+def test_mask_aware_pgd_is_plain_pgd_when_the_mask_is_fixed(purifier) -> None:
+    x, y = data()
+    fixed = hetpure.HeterogeneousPurifier(purifier.eps_model, purifier.classifier,
+                                          purifier.config.replace(mask_source="all"))
+    model = defended_model(fixed, fixed.classifier, "surrogate", 10)
+    results = []
+    for attack in (MaskAwarePGD(steps=2, attention_weight=1.0), PGD(steps=2)):
+        model.generator = torch.Generator().manual_seed(3)
+        results.append(attack(model, x, y))
+    assert torch.equal(*results) and (results[0] != x).any()
+
+
+def test_mask_aware_pgd_follows_graded_levels(purifier) -> None:
+    x, y = data()
+    graded = hetpure.HeterogeneousPurifier(purifier.eps_model, purifier.classifier,
+                                           purifier.config.replace(levels="graded", tau_lo=0.3, tau_hi=0.6))
+    model = defended_model(graded, graded.classifier, "surrogate", 10)
+    model.generator = torch.Generator().manual_seed(1)
+    x_adv = MaskAwarePGD(steps=1, step_size=2 / 255)(model, x, y)
+    noised = graded.level_weights(x) > 0  # every pixel that starts above t_s
+    assert noised.float().mean() > torch.as_tensor(purifier.mask(x)).mean()
+    assert ((x_adv - x).abs() * noised).max() == 0
+
+
+def test_low_frequency_l2_steps_have_image_space_norm_alpha(purifier) -> None:
+    x, y = data(lo=0.3, hi=0.7)
+    step = 0.1
+    for upsample in ("bilinear", "nearest"):
+        x_adv = LowFrequencyPGD(eps=2.0, norm="l2", steps=1, step_size=step, grid=4, upsample=upsample)(
+            purifier.classifier, x, y)
+        assert torch.allclose((x_adv - x).flatten(1).norm(dim=1), torch.full((2,), step), atol=1e-5)

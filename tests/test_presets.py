@@ -41,3 +41,11 @@ def test_get_preset_returns_a_copy_and_unknown_names_fail() -> None:
         get_preset("cifar100")
     with pytest.raises(ConfigError, match="unknown preset"):
         resolve_config({"preset": "nope"})
+
+
+def test_a_later_tau_replaces_the_presets_top_p() -> None:
+    paths = {"classifier": {"path": "r50.pt"}, "diffusion": {"path": "adm.pt"}}
+    cfg = resolve_config({"preset": "imagenet-adm", **paths, "defense": {"tau": 0.8}})
+    assert cfg["defense"]["tau"] == 0.8 and cfg["defense"]["top_p"] is None
+    cfg = resolve_config({"preset": "imagenet-adm", **paths}, {"defense": {"runs": 2}})
+    assert cfg["defense"]["top_p"] == 0.15

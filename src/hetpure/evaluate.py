@@ -96,6 +96,8 @@ def resolve_config(config: dict[str, Any], overrides: dict[str, dict[str, Any]] 
                         f"unknown key {section}.{key}; allowed keys of {section}: {sorted(DEFAULTS[section])}"
                     )
                 resolved[section][key] = value
+            if section == "defense" and "tau" in values and "top_p" not in values:
+                resolved["defense"]["top_p"] = None  # a later τ replaces an earlier top-p (which would win)
     _validate(resolved)
     return resolved
 

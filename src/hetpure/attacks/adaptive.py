@@ -39,12 +39,14 @@ def attention_overlap(classifier: nn.Module, layers: list[str], x_adv: Tensor, x
 class MaskAwarePGD(PGD):
     """PGD-EOT that perturbs where heterogeneous purification adds little noise.
 
-    At every iteration the defence's own mask is recomputed on the current adversarial image, and the
-    update is restricted to unmasked (low-noise, t_s) pixels (``mode="restrict"``) or weighted by 1 − E,
-    the soft attention map (``mode="weight"``). With ``attention_weight`` λ > 0 the ascent direction also
-    lowers λ · overlap(E(x_adv), |δ|) (:func:`attention_overlap`), pushing the attention map away from the
-    perturbation through the classifier's differentiable energy map. Against a model without a
-    heterogeneous purifier (no mask) it is plain PGD. Same EOT, gradient and projection as :class:`PGD`.
+    At every iteration the defence's own mask is recomputed on the current adversarial image, and the update is
+    restricted to unmasked (low-noise, t_s) pixels (``mode="restrict"``) or weighted by 1 − E, the soft
+    attention map (``mode="weight"``; with graded levels, by 1 − the defence's level weights). With
+    ``attention_weight`` λ > 0 the ascent direction also lowers λ · overlap(E(x_adv), |δ|)
+    (:func:`attention_overlap`), pushing the attention map away from the perturbation through the classifier's
+    differentiable energy map (also when the defence's mask comes from Grad-CAM). Against a model without a
+    heterogeneous purifier, or one whose mask does not depend on the image (``mask_source`` "all" or "none"), it
+    is plain PGD. Same EOT, gradient and projection as :class:`PGD`.
     """
 
     name = "mask-pgd"
@@ -61,15 +63,19 @@ class MaskAwarePGD(PGD):
         self.low_noise_fraction: float | None = None  # share of the final perturbation's L1 mass off the mask
 
     def _update_weight(self, purifier: nn.Module, x_adv: Tensor) -> Tensor:
+        """Where (and how much) to step: 1 on pixels that start at t_s, 0 where the defence noises to t_l."""
         with torch.no_grad():
+            levels = purifier.level_weights(x_adv)  # the defence's own map: binary mask or graded weights
             if self.mode == "restrict":
-                return 1 - purifier.mask(x_adv)
+                return (levels == 0).to(x_adv.dtype)
+            if purifier.config.levels == "graded":
+                return 1 - levels
             return 1 - purifier.attention(x_adv)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         purifier = _heterogeneous_purifier(model)
-        if purifier is None:
-            return super().perturb(model, x, y)
+        if purifier is None or purifier.config.mask_source in ("all", "none"):
+            return super().perturb(model, x, y)  # no attention-dependent noise levels to exploit
         x_adv = random_start(x, self.eps, self.norm, self.generator) if self.random_start else x.clone()
         for _ in range(self.steps):
             grad, _, _ = self.gradient(model, x_adv, y, cross_entropy)
@@ -84,7 +90,7 @@ class MaskAwarePGD(PGD):
                 direction = direction * w  # sign() would erase soft weights
             x_adv = project(x_adv + self.step_size * direction, x, self.eps, self.norm)
         with torch.no_grad():
-            off_mask = (1 - purifier.mask(x_adv)) * (x_adv - x).abs()
+            off_mask = (purifier.level_weights(x_adv) == 0) * (x_adv - x).abs()
             total = (x_adv - x).abs().sum().clamp_min(1e-12)
             self.low_noise_fraction = float(off_mask.sum() / total)
         return x_adv.detach()
@@ -118,6 +124,13 @@ class LowFrequencyPGD(PGD):
             return F.interpolate(theta, size=size, mode="nearest")
         return F.interpolate(theta, size=size, mode="bilinear", align_corners=False)
 
+    def _direction(self, grad_theta: Tensor, size: tuple[int, int]) -> Tensor:
+        """Steepest ascent measured in image space: sign(g) for L∞ (convex upsampling keeps the image step
+        within α), g / ‖upsample(g)‖₂ for L2 (so the image-space step has L2 norm α, as in PGD)."""
+        if self.norm == "linf":
+            return grad_theta.sign()
+        return grad_theta / lp_norm(self.expand(grad_theta, size), "l2").clamp_min(1e-12).view(-1, 1, 1, 1)
+
     def _bound(self, theta: Tensor, size: tuple[int, int]) -> Tensor:
         if self.norm == "linf":
             return theta.clamp(-self.eps, self.eps)
@@ -132,10 +145,12 @@ class LowFrequencyPGD(PGD):
         theta = torch.zeros(shape, device=x.device, dtype=x.dtype)
         if self.random_start:
             g = self.generator
-            u = torch.rand(shape, generator=g, device=g.device if g else "cpu").to(x)
-            theta = (2 * u - 1) * self.eps
-            if self.norm == "l2":  # a random direction, then a uniform radius in [0, ε]
-                r = torch.rand(shape[0], generator=g, device=g.device if g else "cpu").to(x)
+            device = g.device if g else "cpu"
+            if self.norm == "linf":
+                theta = (2 * torch.rand(shape, generator=g, device=device).to(x) - 1) * self.eps
+            else:  # a Gaussian direction, then a uniform radius in [0, ε] (as base.random_start)
+                theta = torch.randn(shape, generator=g, device=device).to(x)
+                r = torch.rand(shape[0], generator=g, device=device).to(x)
                 norms = lp_norm(self.expand(theta, size), "l2").clamp_min(1e-12)
                 theta = theta * (self.eps * r / norms).view(-1, 1, 1, 1)
         for _ in range(self.steps):
@@ -143,5 +158,5 @@ class LowFrequencyPGD(PGD):
             grad_x, _, _ = self.gradient(model, x_adv, y, cross_entropy)
             th = theta.detach().requires_grad_(True)
             (grad_theta,) = torch.autograd.grad(self.expand(th, size), th, grad_outputs=grad_x)
-            theta = self._bound(theta + self.step_size * steepest_step(grad_theta, self.norm), size)
+            theta = self._bound(theta + self.step_size * self._direction(grad_theta, size), size)
         return project((x + self.expand(theta, size)).clamp(0, 1), x, self.eps, self.norm).detach()

@@ -33,7 +33,8 @@ class AcceleratedEps(EpsModel):
         super().__init__(inner.schedule, inner.in_channels, inner.image_size)
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
             raise ConfigError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)} or None, got {autocast!r}")
-        device = next(inner.parameters()).device
+        param = next(inner.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
         if (autocast is not None or cuda_graphs) and device.type != "cuda":
             raise ConfigError(
                 "autocast and cuda_graphs are CUDA speed-ups; move the ε-model to a GPU first (model.cuda()) "
@@ -42,7 +43,7 @@ class AcceleratedEps(EpsModel):
         self.inner = inner
         self.channels_last = bool(channels_last)
         self.autocast_dtype = AUTOCAST_DTYPES[autocast] if autocast else None
-        if self.channels_last:
+        if self.channels_last:  # converts the wrapped model's weights in place (same values, NHWC layout)
             inner.to(memory_format=torch.channels_last)
         self._call: Any = inner.predict_eps
         if compile or cuda_graphs:
@@ -55,9 +56,12 @@ class AcceleratedEps(EpsModel):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is not None:
             with torch.autocast("cuda", dtype=self.autocast_dtype):
-                out = self._call(x_t, t)
-            return out.float().contiguous()
-        return self._call(x_t, t).contiguous()
+                out = self._call(x_t, t).float()
+        else:
+            out = self._call(x_t, t)
+        if self.flags["cuda_graphs"]:
+            return out.clone()  # a graph's output buffer is overwritten by its next replay
+        return out.contiguous()
 
 
 def accelerate(eps_model: EpsModel, *, compile: bool = False, channels_last: bool = False,
