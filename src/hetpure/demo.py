@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 from .errors import HetpureError
 
 # The demo's settings: chosen on the training split (see docs/demo.md for the runs behind them).
-DEMO_PURIFY = {"t_s": 0.1, "t_l": 0.3, "tau": 0.5, "resample_steps": 3, "ddim_steps": 100, "runs": 8}
-DEMO_ATTACK = {"name": "pgd", "norm": "linf", "eps": 0.3, "step_size": 0.05, "steps": 20, "eot": 2,
-               "gradient": "surrogate", "surrogate_ddim_steps": 20}
+DEMO_PURIFY = {"t_s": 0.2, "t_l": 0.4, "tau": 0.5, "resample_steps": 3, "ddim_steps": 50, "runs": 5}
+DEMO_ATTACK = {"name": "pgd", "norm": "linf", "eps": 0.3, "step_size": 0.04, "steps": 20, "eot": 2,
+               "gradient": "surrogate", "surrogate_ddim_steps": 10}
 QUICK_ATTACK = {"steps": 3, "eot": 1}
 
 

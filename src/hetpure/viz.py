@@ -18,12 +18,18 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def save_grid(rows: dict[str, Tensor], path: str | Path, scale: int = 3, label_width: int = 120) -> Path:
-    """Save a grid: one labelled row per entry of ``rows`` (each (N, C, H, W) in [0, 1])."""
+def save_grid(rows: dict[str, Tensor], path: str | Path, scale: int = 3, label_width: int | None = None) -> Path:
+    """Save a grid: one labelled row per entry of ``rows`` (each (N, C, H, W) in [0, 1]).
+
+    ``label_width`` (pixels) defaults to the width of the longest label.
+    """
     tensors = list(rows.values())
     n = max(t.shape[0] for t in tensors)
     h, w = tensors[0].shape[-2] * scale, tensors[0].shape[-1] * scale
     pad = 2
+    if label_width is None:
+        measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        label_width = 8 + max(int(measure.textlength(name)) for name in rows)
     canvas = Image.new("RGB", (label_width + n * (w + pad), len(rows) * (h + pad)), "white")
     draw = ImageDraw.Draw(canvas)
     for r, (name, batch) in enumerate(rows.items()):
