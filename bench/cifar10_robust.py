@@ -195,7 +195,7 @@ def figures(args: argparse.Namespace) -> None:
 
     import hetpure
     from hetpure.attacks import PGD, defended_model
-    from hetpure.viz import save_grid
+    from hetpure.viz import level_map_image, save_grid
 
     shared = shared_dir()
     eps = hetpure.DiffusersEps.from_pretrained(shared / "models/ddpm-cifar10-tiny")
@@ -219,6 +219,19 @@ def figures(args: argparse.Namespace) -> None:
     png = REPO / "docs/results/cifar10_examples.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     save_grid(rows, png, scale=3)
+    print(f"wrote {png.relative_to(REPO)}")
+
+    # per-pixel start levels (blue = t_s … red = t_l): binary mask vs graded levels (issue 8)
+    graded = hetpure.HeterogeneousPurifier(eps, clf, het.config.replace(levels="graded", tau_lo=args.graded_lo,
+                                                                        tau_hi=args.graded_hi))
+    with torch.no_grad():
+        level_rows = {"clean": x, "attention E": het.attention(x).expand(-1, 3, -1, -1),
+                      f"binary τ={args.tuned_tau}": level_map_image(het.level_weights(x)),
+                      f"graded {args.graded_lo}–{args.graded_hi}": level_map_image(graded.level_weights(x)),
+                      "purified binary": het.purify(x, generator=torch.Generator().manual_seed(2)),
+                      "purified graded": graded.purify(x, generator=torch.Generator().manual_seed(2))}
+    png = REPO / "docs/results/cifar10_level_maps.png"
+    save_grid(level_rows, png, scale=3)
     print(f"wrote {png.relative_to(REPO)}")
     sweep_data = REPO / "docs/results/cifar10_sweep.json"
     if sweep_data.exists():
