@@ -6,7 +6,8 @@ images are kept). Commands:
     python bench/cifar10_robust.py table  [--n 256] [--rows ...] [--tuned-tl 0.2 --tuned-tau 0.7]
     python bench/cifar10_robust.py tune   [--n 256]          # TRAIN split: picks τ and t_l for "tuned"
     python bench/cifar10_robust.py sweep  [--n 32]           # t_l × τ grid, plot of clean/robust accuracy
-    python bench/cifar10_robust.py figures                   # example grid (+ the sweep plot if swept)
+    python bench/cifar10_robust.py figures                   # example grid, level maps (+ the sweep plot)
+    python bench/cifar10_robust.py ablations [--n 16]        # adaptive attacks, mask sources, resampling
 
 Budget (2-core CPU default): PGD-EOT L∞ 8/255, step 0.007, 40 iterations × EOT 4, gradients through the
 S = 10 surrogate; defence S = 100, R = 8 votes, worst case over K = 3 evaluations. ``--paper-budget`` gives
@@ -165,6 +166,56 @@ def sweep(args: argparse.Namespace) -> None:
     plot_sweep(target, REPO / "docs/results/cifar10_sweep.png")
 
 
+ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    # name: (row it starts from, defence changes, attack changes)
+    "attack pgd (reference)": ("heterogeneous", {}, {}),
+    "attack mask-pgd restrict": ("heterogeneous", {}, {"name": "mask-pgd", "mask_mode": "restrict"}),
+    "attack mask-pgd weight λ=1": ("heterogeneous", {}, {"name": "mask-pgd", "mask_mode": "weight",
+                                                          "attention_weight": 1.0}),
+    "attack lowfreq-pgd grid 8": ("heterogeneous", {}, {"name": "lowfreq-pgd", "grid": 8}),
+    "uniform t_l, attack pgd": ("uniform-tl", {}, {}),
+    "uniform t_l, attack lowfreq-pgd grid 8": ("uniform-tl", {}, {"name": "lowfreq-pgd", "grid": 8}),
+    "mask gradcam": ("heterogeneous", {"mask_source": "gradcam"}, {}),
+    "mask random": ("heterogeneous", {"mask_source": "random"}, {}),
+    "mask all (uniform t_l)": ("heterogeneous", {"mask_source": "all"}, {}),
+    "mask none (t_s path)": ("heterogeneous", {"mask_source": "none"}, {}),
+    "U=0": ("heterogeneous", {"resample_steps": 0}, {}),
+    "U=1": ("heterogeneous", {"resample_steps": 1}, {}),
+    "U=10": ("heterogeneous", {"resample_steps": 10}, {}),
+    "RePaint r=3": ("heterogeneous", {"resample_steps": 0, "repaint_jumps": 3}, {}),
+}
+
+
+def ablations(args: argparse.Namespace) -> None:
+    """Adaptive attacks, mask sources and resampling on a small test subset (issue 7); same budget per row."""
+    out = Path(args.out) / "ablations"
+    rows, data = [], []
+    for name, (start, defence, attack) in ABLATIONS.items():
+        if args.only and name not in args.only:
+            continue
+        cfg = row_config(start, args)
+        if start == "heterogeneous":
+            cfg["defense"].update(tau=args.tuned_tau, **defence)
+        cfg["attack"].update(attack)
+        folder = name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "").replace(",", "")
+        s = run_row(cfg, out / folder.replace("λ", "lambda"))
+        ci = s["robust_accuracy_ci95"]
+        rows.append([name, s["n"], pct(s["clean_accuracy"]), f"{pct(s['robust_accuracy'])} ({pct(ci[0])}–{pct(ci[1])})",
+                     s["eps_calls"]["defence_per_purification"], s["eps_calls"]["attack_per_forward_pass"],
+                     f"{s['seconds_per_image']:.1f}"])
+        data.append({"ablation": name, "defense": s["config"]["defense"], "attack": s["config"]["attack"],
+                     "n": s["n"], "clean_accuracy": s["clean_accuracy"], "robust_accuracy": s["robust_accuracy"],
+                     "robust_accuracy_ci95": ci, "eps_calls": s["eps_calls"],
+                     "seconds_per_image": s["seconds_per_image"]})
+    print()
+    print_table(["ablation", "n", "clean %", "robust % (95% CI)", "ε-calls/purification", "ε-calls/attack pass",
+                 "s/image"], rows)
+    target = REPO / "docs/results/cifar10_ablations.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"\nwrote {target.relative_to(REPO)}")
+
+
 def plot_sweep(data_file: Path, png: Path) -> None:
     import matplotlib
 
@@ -240,7 +291,8 @@ def figures(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["table", "tune", "sweep", "figures"], nargs="?", default="table")
+    parser.add_argument("command", choices=["table", "tune", "sweep", "figures", "ablations"], nargs="?",
+                        default="table")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--n-exact", type=int, default=None, help="n for the exact-gradient row (default --n)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
@@ -257,10 +309,11 @@ def main() -> None:
     parser.add_argument("--tuned-tau", type=float, default=0.7)
     parser.add_argument("--graded-lo", type=float, default=0.5)
     parser.add_argument("--graded-hi", type=float, default=0.9)
+    parser.add_argument("--only", nargs="*", default=None, help="ablations: run only these names")
     parser.add_argument("--tl-grid", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.35])
     parser.add_argument("--tau-grid", type=float, nargs="+", default=[0.5, 0.7, 0.9, 0.95])
     args = parser.parse_args()
-    {"table": table, "tune": tune, "sweep": sweep, "figures": figures}[args.command](args)
+    {"table": table, "tune": tune, "sweep": sweep, "figures": figures, "ablations": ablations}[args.command](args)
 
 
 if __name__ == "__main__":
