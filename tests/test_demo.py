@@ -30,6 +30,8 @@ def test_embedded_assets_are_small_and_the_models_work() -> None:
 def test_too_many_digits_is_a_clear_error() -> None:
     with pytest.raises(HetpureError, match="--n"):
         HeldOutDigits(10_000)
+    with pytest.raises(HetpureError, match="--n >= 1"):
+        HeldOutDigits(0)
 
 
 def test_quick_demo_writes_outputs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -84,18 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--strict", action="store_true", help="exit non-zero when a sanity check fails")
     ev.set_defaults(func=_cmd_evaluate)
 
-    demo = sub.add_parser("demo", help="offline MNIST demo with the embedded models (CPU, a few minutes)")
+    demo = sub.add_parser("demo", help="offline MNIST demo with the embedded models (CPU, about 5 minutes)")
     demo.add_argument("--out", default="hetpure-demo", help="output folder")
     demo.add_argument("--n", type=int, default=32, help="held-out digits to attack")
     demo.add_argument("--quick", action="store_true", help="a smaller attack budget (for tests)")
     demo.set_defaults(func=_cmd_demo)
 
-    try:
-        from .train import add_train_parsers
-    except ImportError:  # pragma: no cover - training module not installed
-        pass
-    else:
-        add_train_parsers(sub, _cmd_train_diffusion, _cmd_train_classifier)
+    from .train import add_train_parsers
+
+    add_train_parsers(sub, _cmd_train_diffusion, _cmd_train_classifier)
     return parser
 
 
@@ -110,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished work is saved, rerun the same command to resume", file=sys.stderr)
         return 130
-
-
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,6 +46,8 @@ class HeldOutDigits(Dataset):
         from safetensors.torch import load_file
 
         data = load_file(str(assets_dir() / "heldout_digits.safetensors"))
+        if n < 1:
+            raise HetpureError(f"the demo needs at least one digit; use --n >= 1 (got {n})")
         if n > data["images"].shape[0]:
             raise HetpureError(f"the demo ships {data['images'].shape[0]} held-out digits; use --n <= that")
         self.images = data["images"][:n].float() / 255
