@@ -185,7 +185,9 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> Path:
         src = Path(cfg.init_from)
         if not (src / "config.json").exists():
             raise HetpureError(f"--init-from {src} is not a diffusers model folder (no config.json)")
-        unet = UNet2DModel.from_pretrained(str(src))
+        from .models.diffusers_eps import _low_memory_kwargs
+
+        unet = UNet2DModel.from_pretrained(str(src), **_low_memory_kwargs())
         if unet.config.in_channels != channels or unet.config.sample_size != size:
             raise HetpureError(
                 f"--init-from model takes {unet.config.in_channels}x{unet.config.sample_size}² images but the data "

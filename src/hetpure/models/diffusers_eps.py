@@ -36,6 +36,13 @@ def schedule_from_scheduler_config(config: dict[str, Any]) -> NoiseSchedule:
     raise HetpureError(f"unsupported beta_schedule {kind!r}; use linear, scaled_linear or squaredcos_cap_v2")
 
 
+def _low_memory_kwargs() -> dict[str, Any]:
+    """Without the optional ``accelerate`` package, ask diffusers for the plain loader (no warning)."""
+    import importlib.util
+
+    return {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
+
+
 class DiffusersEps(EpsModel):
     """Wrap a diffusers ``UNet2DModel``: ``eps(x_t, t) = unet(x_t, t).sample``.
 
@@ -75,7 +82,8 @@ class DiffusersEps(EpsModel):
                     f"{path} has no config.json: point at a diffusers UNet2DModel folder "
                     "(config.json + diffusion_pytorch_model.safetensors)"
                 )
-            unet = UNet2DModel.from_pretrained(str(path), subfolder=subfolder, use_safetensors=None)
+            unet = UNet2DModel.from_pretrained(str(path), subfolder=subfolder, use_safetensors=None,
+                                               **_low_memory_kwargs())
             sched_cfg = None
             for candidate in (path / "scheduler_config.json", path / "scheduler" / "scheduler_config.json"):
                 if candidate.exists():
@@ -93,7 +101,7 @@ def _from_hub(repo_id: str, subfolder: str | None) -> tuple[nn.Module, dict[str,
     from diffusers import UNet2DModel
 
     try:
-        unet = UNet2DModel.from_pretrained(repo_id, subfolder=subfolder)
+        unet = UNet2DModel.from_pretrained(repo_id, subfolder=subfolder, **_low_memory_kwargs())
     except Exception as exc:  # network errors come in many types
         raise CheckpointError(
             f"could not load {repo_id!r} from the Hugging Face hub ({type(exc).__name__}). Offline? "
