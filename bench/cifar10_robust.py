@@ -212,7 +212,9 @@ def ablations(args: argparse.Namespace) -> None:
                  "s/image"], rows)
     target = REPO / "docs/results/cifar10_ablations.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=2) + "\n")
+    merged = {r["ablation"]: r for r in (json.loads(target.read_text()) if target.exists() else [])}
+    merged.update({r["ablation"]: r for r in data})
+    target.write_text(json.dumps([merged[k] for k in ABLATIONS if k in merged], indent=2) + "\n")
     print(f"\nwrote {target.relative_to(REPO)}")
 
 
