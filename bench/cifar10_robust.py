@@ -268,7 +268,7 @@ def figures(args: argparse.Namespace) -> None:
         overlay = x_adv * 0.5 + 0.5 * torch.cat([mask, torch.zeros_like(mask), torch.zeros_like(mask)], 1)
         rows = {"clean": x, "adversarial": x_adv, "mask (red)": overlay,
                 f"uniform t*={args.tuned_tl}": uni.purify(x_adv, generator=g),
-                f"heterogeneous t_l={args.tuned_tl} τ={args.tuned_tau}": het.purify(x_adv, generator=g)}
+                f"heterogeneous t_l={args.tuned_tl} tau={args.tuned_tau}": het.purify(x_adv, generator=g)}
     png = REPO / "docs/results/cifar10_examples.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     save_grid(rows, png, scale=3)
@@ -279,8 +279,8 @@ def figures(args: argparse.Namespace) -> None:
                                                                         tau_hi=args.graded_hi))
     with torch.no_grad():
         level_rows = {"clean": x, "attention E": het.attention(x).expand(-1, 3, -1, -1),
-                      f"binary τ={args.tuned_tau}": level_map_image(het.level_weights(x)),
-                      f"graded {args.graded_lo}–{args.graded_hi}": level_map_image(graded.level_weights(x)),
+                      f"binary tau={args.tuned_tau}": level_map_image(het.level_weights(x)),
+                      f"graded {args.graded_lo}-{args.graded_hi}": level_map_image(graded.level_weights(x)),
                       "purified binary": het.purify(x, generator=torch.Generator().manual_seed(2)),
                       "purified graded": graded.purify(x, generator=torch.Generator().manual_seed(2))}
     png = REPO / "docs/results/cifar10_level_maps.png"
