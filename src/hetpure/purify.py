@@ -34,7 +34,8 @@ class PurifyConfig:
     takes precedence when given) selects the attended pixels; ``resample_steps`` is U, the single forward
     steps after each mixing; ``ddim_steps`` the nominal DDIM step count S (only its ``t_l`` fraction runs).
     Uniform: ``t_star`` and ``sampler`` ("ddim" or "ddpm"). ``runs`` is R, the votes of :meth:`predict`;
-    ``max_batch`` bounds how many images one ε-model call sees when the R runs are batched.
+    ``max_batch`` bounds how many images one ε-model call sees when the R runs are batched (default 32:
+    on the CPU the per-image cost of the shared UNet rises again above that; raise it on a GPU).
     ``repaint_jumps`` r > 1 replaces single-step resampling in stage 1 by RePaint's multi-step resampling
     (r denoise/re-noise round trips per step, r ε-model calls; for the resampling ablation).
     ``levels="graded"`` gives each pixel its own start level between t_s and t_l from the attention map
@@ -56,7 +57,7 @@ class PurifyConfig:
     tau_lo: float | None = None
     tau_hi: float | None = None
     mask_source: str = "energy"
-    max_batch: int = 256
+    max_batch: int = 32
     resize: bool = False
 
     def replace(self, **changes: Any) -> PurifyConfig:
