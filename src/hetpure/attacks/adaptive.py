@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..mask import energy_map
-from .base import cross_entropy, lp_norm, project, random_start, steepest_step
+from .base import cross_entropy, lp_norm, project, steepest_step
 from .pgd import PGD
 
 MASK_MODES = ("restrict", "weight")
@@ -76,7 +76,7 @@ class MaskAwarePGD(PGD):
         purifier = _heterogeneous_purifier(model)
         if purifier is None or purifier.config.mask_source in ("all", "none"):
             return super().perturb(model, x, y)  # no attention-dependent noise levels to exploit
-        x_adv = random_start(x, self.eps, self.norm, self.generator) if self.random_start else x.clone()
+        x_adv = self.start(x)
         for _ in range(self.steps):
             grad, _, _ = self.gradient(model, x_adv, y, cross_entropy)
             if self.attention_weight > 0:

@@ -31,8 +31,12 @@ class PGD(Attack):
         self.step_size = float(step_size)
         self.random_start = bool(random_start)
 
+    def start(self, x: Tensor) -> Tensor:
+        """The first iterate: a random point of the ball (``random_start``) or x itself."""
+        return random_start(x, self.eps, self.norm, self.generator) if self.random_start else x.clone()
+
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        x_adv = random_start(x, self.eps, self.norm, self.generator) if self.random_start else x.clone()
+        x_adv = self.start(x)
         for _ in range(self.steps):
             grad, _, _ = self.gradient(model, x_adv, y, cross_entropy)
             x_adv = project(x_adv + self.step_size * steepest_step(grad, self.norm), x, self.eps, self.norm)
