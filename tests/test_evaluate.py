@@ -80,6 +80,26 @@ def test_outputs_and_resume(assets: Path, tmp_path: Path) -> None:
     assert all(r["seconds"] > 0 for r in resumed) and summary["seconds_per_image"] > 0
 
 
+def test_a_run_grows_and_shrinks_with_n(assets: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    small = evaluate(config(assets, out, data={"n": 3}))
+    first = read_records(out / "records.jsonl")
+    assert small["n"] == 3 and len(first) == 3
+    grown = evaluate(config(assets, out, data={"n": 5}))  # the same folder: the 3 finished images are kept
+    records = read_records(out / "records.jsonl")
+    assert grown["n"] == 5 and len(records) == 5
+    assert grown["images_this_session"] == 3  # the partial batch [2, 3] is redone; only image 3 is added
+    assert untimed(records[:3]) == untimed(first)
+    # the first 4 images form the same two batches at n = 4 and n = 5, so their records agree with a fresh run
+    fresh = evaluate(config(assets, tmp_path / "fresh", data={"n": 4}))
+    fresh_records = {r["index"]: r for r in untimed(read_records(tmp_path / "fresh" / "records.jsonl"))}
+    assert all(fresh_records[r["index"]] == r for r in untimed(records[:2]))
+    assert fresh["n"] == 4
+    shrunk = evaluate(config(assets, out, data={"n": 2}))  # a smaller n summarises only its own images
+    assert shrunk["n"] == 2 and shrunk["images_this_session"] == 0
+    assert len(read_records(out / "records.jsonl")) == 5
+
+
 def read_records_text(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 

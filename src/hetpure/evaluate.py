@@ -125,8 +125,14 @@ def _validate(cfg: dict[str, Any]) -> None:
 
 
 def settings_hash(cfg: dict[str, Any]) -> str:
-    """Hash of everything that changes a record (not the output folder or display options)."""
-    hashed = {k: v for k, v in cfg.items() if k != "run"}
+    """Hash of everything that changes a record (not the output folder or display options).
+
+    ``data.n`` is left out: the subset of ``n`` images is the first ``n`` of one seeded permutation and each
+    batch's random streams depend only on the batch index, so a run can grow (``n`` 64 → 256) and keep its
+    finished images; the summary counts only the records of the current subset.
+    """
+    hashed = {k: v for k, v in cfg.items() if k not in ("run", "data")}
+    hashed["data"] = {k: v for k, v in cfg["data"].items() if k != "n"}
     hashed["run"] = {k: v for k, v in cfg["run"].items() if k not in _RUN_KEYS_NOT_HASHED}
     return hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -346,7 +352,8 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     dist.barrier()
     summary: dict[str, Any] = {}
     if dist.is_main:
-        records = _merge(out, digest, dist.world_size)
+        wanted = set(indices)
+        records = [r for r in _merge(out, digest, dist.world_size) if int(r["index"]) in wanted]
         sanity_report = _sanity(ev, dataset, cfg) if cfg["run"]["sanity"] else None
         summary = _summarise(cfg, digest, records, stats, purifier, sanity_report, device)
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
