@@ -10,6 +10,7 @@ sessions. Commands:
     python bench/cifar10_robust.py sweep  [--n 32]           # t_l × τ grid, plot of clean/robust accuracy
     python bench/cifar10_robust.py figures                   # example grid, level maps (+ the sweep plot)
     python bench/cifar10_robust.py ablations [--n 16]        # adaptive attacks, mask sources, resampling
+    python bench/cifar10_robust.py cost                      # seconds, ε-calls, floor and peak RSS per row
 
 Budget (2-core CPU default, about 33 s per image and row on one core): PGD-EOT L∞ 8/255, step 0.007,
 20 iterations × EOT 4, gradients through the S = 10 surrogate; defence S = 100, R = 8 votes, K = 1
@@ -229,6 +230,81 @@ def ablations(args: argparse.Namespace) -> None:
     print(f"\nwrote {target.relative_to(REPO)}")
 
 
+def cost_case(row: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One row's costs, measured in this process (``cost`` runs each row in its own process for peak RSS)."""
+    import torch
+    from _common import best_time, peak_rss_mb
+
+    from hetpure.attacks import PGD, cross_entropy, defended_model
+    from hetpure.evaluate import build_components, resolve_config
+
+    cfg = row_config(row, args, n=args.batch_size)
+    cfg["run"]["out"] = "unused"  # nothing is written
+    cfg = resolve_config(cfg)
+    dataset, clf, purifier = build_components(cfg, torch.device(args.device))
+    x = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(len(dataset))]).float()
+    y = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    b, a = x.shape[0], cfg["attack"]
+    g = torch.Generator().manual_seed(0)
+    model = defended_model(purifier, clf, a["gradient"], a["surrogate_ddim_steps"])
+    if hasattr(model, "generator"):
+        model.generator = g
+    attack = PGD(steps=1, eot=a["eot"])
+    iteration = best_time(lambda: attack.gradient(model, x, y, cross_entropy), repeats=1)
+    out: dict[str, Any] = {"row": row, "batch": b, "attack_iteration_s_per_image": iteration / b,
+                           "eps_calls_per_purification": 0, "eps_calls_per_attack_iteration": 0,
+                           "purify_s_per_image": 0.0, "purify_floor_s_per_image": 0.0}
+    if purifier is not None:
+        eps = purifier.eps_model
+        calls = purifier.eps_calls()
+        with torch.no_grad():
+            purify = best_time(lambda: purifier.purify(x, generator=g), repeats=2)
+            xt, t = torch.randn_like(x), torch.full((b,), 150.0)
+            call = best_time(lambda: eps(xt * 2 - 1, t), repeats=3)
+        attack_calls = int(model.eps_calls()) * a["eot"]
+        out.update(eps_calls_per_purification=calls, eps_calls_per_attack_iteration=attack_calls,
+                   purify_s_per_image=purify / b, purify_floor_s_per_image=calls * call / b)
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def cost(args: argparse.Namespace) -> None:
+    """Cost table (issue 11): purification and attack-iteration seconds, ε-calls, floor, peak RSS per row."""
+    import os
+    import subprocess
+
+    if args.cost_row:
+        print(json.dumps(cost_case(args.cost_row, args)))
+        return
+    rows, data = [], []
+    for row in args.rows:
+        cmd = [sys.executable, __file__, "cost", "--cost-row", row, "--batch-size", str(args.batch_size),
+               "--steps", str(args.steps), "--eot", str(args.eot), "--ddim-steps", str(args.ddim_steps),
+               "--runs", str(args.runs), "--tuned-tl", str(args.tuned_tl), "--tuned-tau", str(args.tuned_tau),
+               "--graded-lo", str(args.graded_lo), "--graded-hi", str(args.graded_hi), "--device", args.device]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        if proc.returncode != 0:
+            sys.exit(proc.stderr)
+        m = json.loads(proc.stdout.strip().splitlines()[-1])
+        data.append(m)
+        floor = m["purify_floor_s_per_image"]
+        rows.append([row, m["eps_calls_per_purification"], f"{m['purify_s_per_image']:.3f}", f"{floor:.3f}",
+                     f"{m['purify_s_per_image'] / floor:.2f}" if floor else "–",
+                     f"{m['purify_s_per_image'] * args.runs:.2f}", m["eps_calls_per_attack_iteration"],
+                     f"{m['attack_iteration_s_per_image']:.3f}", f"{m['peak_rss_mb']:.0f}"])
+    import torch
+
+    print(f"batch {args.batch_size}, S = {args.ddim_steps}, R = {args.runs}, attack EOT {args.eot}, "
+          f"{torch.get_num_threads()} thread(s), {args.device}")
+    print_table(["defence", "ε-calls/purification", "purify s/image", "floor s/image", "× floor",
+                 f"R = {args.runs} votes s/image", "attack ε-calls/iteration", "attack s/iteration/image",
+                 "peak RSS MB"], rows)
+    target = REPO / "docs/results/cifar10_cost.json"
+    target.write_text(json.dumps({"batch": args.batch_size, "runs": args.runs, "eot": args.eot,
+                                  "threads": torch.get_num_threads(), "rows": data}, indent=2) + "\n")
+    print(f"\nwrote {target.relative_to(REPO)}")
+
+
 def plot_sweep(data_file: Path, png: Path) -> None:
     import matplotlib
 
@@ -304,7 +380,7 @@ def figures(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["table", "tune", "sweep", "figures", "ablations"], nargs="?",
+    parser.add_argument("command", choices=["table", "tune", "sweep", "figures", "ablations", "cost"], nargs="?",
                         default="table")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--n-exact", type=int, default=None, help="n for the exact-gradient row (default --n)")
@@ -322,11 +398,13 @@ def main() -> None:
     parser.add_argument("--tuned-tau", type=float, default=0.7)
     parser.add_argument("--graded-lo", type=float, default=0.5)
     parser.add_argument("--graded-hi", type=float, default=0.9)
+    parser.add_argument("--cost-row", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--only", nargs="*", default=None, help="ablations: run only these names")
     parser.add_argument("--tl-grid", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.35])
     parser.add_argument("--tau-grid", type=float, nargs="+", default=[0.5, 0.7, 0.9, 0.95])
     args = parser.parse_args()
-    {"table": table, "tune": tune, "sweep": sweep, "figures": figures, "ablations": ablations}[args.command](args)
+    {"table": table, "tune": tune, "sweep": sweep, "figures": figures, "ablations": ablations,
+     "cost": cost}[args.command](args)
 
 
 if __name__ == "__main__":
