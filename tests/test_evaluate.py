@@ -98,6 +98,8 @@ def test_a_run_grows_and_shrinks_with_n(assets: Path, tmp_path: Path) -> None:
     shrunk = evaluate(config(assets, out, data={"n": 2}))  # a smaller n summarises only its own images
     assert shrunk["n"] == 2 and shrunk["images_this_session"] == 0
     assert len(read_records(out / "records.jsonl")) == 5
+    with pytest.raises(HetpureError, match="other settings"):  # another seed is another subset: refused
+        evaluate(config(assets, out, data={"n": 2, "seed": 1}))
 
 
 def read_records_text(text: str) -> list[dict]:
