@@ -129,6 +129,58 @@ def table(args: argparse.Namespace) -> None:
     merged.update({r["defense"]: r for r in data})
     target.write_text(json.dumps([merged[k] for k in ROWS if k in merged], indent=2) + "\n")
     print(f"\nwrote {target.relative_to(REPO)}")
+    comparisons = print_paired(out, list(args.rows))
+    if comparisons:
+        pairs = REPO / "docs/results/cifar10_paired.json"
+        pairs.write_text(json.dumps(comparisons, indent=2) + "\n")
+
+
+def paired(out: Path, row: str, reference: str) -> dict[str, Any] | None:
+    """Paired comparison of two rows on the images both have finished (same subset, same attack budget).
+
+    For clean and robust correctness: the images only ``row`` gets right (wins) and only ``reference``
+    gets right (losses), the accuracy difference, and the exact two-sided McNemar p-value (a binomial
+    test on the discordant images). Far more sensitive than comparing two independent intervals.
+    """
+    from math import comb
+
+    from hetpure.evaluate import read_records
+
+    def load(name: str) -> dict[int, dict[str, Any]]:
+        summary = out / name / "summary.json"
+        if not summary.exists():
+            return {}
+        digest = json.loads(summary.read_text())["settings_hash"]
+        return {r["index"]: r for r in read_records(out / name / "records.jsonl") if r["settings_hash"] == digest}
+
+    a, b = load(row), load(reference)
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    result: dict[str, Any] = {"row": row, "reference": reference, "n": len(common)}
+    for key, field in (("clean", "clean_prediction"), ("robust", "adversarial_prediction")):
+        ok_a = [a[i][field] == a[i]["label"] for i in common]
+        ok_b = [b[i][field] == b[i]["label"] for i in common]
+        wins = sum(x and not y for x, y in zip(ok_a, ok_b))
+        losses = sum(y and not x for x, y in zip(ok_a, ok_b))
+        k, m = min(wins, losses), wins + losses
+        p_value = min(1.0, 2 * sum(comb(m, j) for j in range(k + 1)) / 2**m) if m else 1.0
+        result[key] = {"wins": wins, "losses": losses, "difference": (wins - losses) / len(common),
+                       "p_value": p_value}
+    return result
+
+
+def print_paired(out: Path, rows: list[str], reference: str = "uniform-tl") -> list[dict[str, Any]]:
+    results = [r for row in rows if row not in (reference, "none") and (r := paired(out, row, reference))]
+    if results:
+        print(f"\npaired against {reference} (wins / losses = images only this row / only {reference} gets right):")
+        print_table(["defence", "n", "clean Δ pts", "clean wins/losses", "p", "robust Δ pts", "robust wins/losses",
+                     "p"], [[r["row"], r["n"], f"{100 * r['clean']['difference']:+.1f}",
+                             f"{r['clean']['wins']}/{r['clean']['losses']}", f"{r['clean']['p_value']:.2g}",
+                             f"{100 * r['robust']['difference']:+.1f}",
+                             f"{r['robust']['wins']}/{r['robust']['losses']}", f"{r['robust']['p_value']:.2g}"]
+                            for r in results])
+    return results
 
 
 def tune(args: argparse.Namespace) -> None:
