@@ -136,38 +136,18 @@ def table(args: argparse.Namespace) -> None:
 
 
 def paired(out: Path, row: str, reference: str) -> dict[str, Any] | None:
-    """Paired comparison of two rows on the images both have finished (same subset, same attack budget).
+    """Paired comparison (``hetpure.evaluate.paired_comparison``) of two rows' finished images."""
+    from hetpure.evaluate import paired_comparison, read_records
 
-    For clean and robust correctness: the images only ``row`` gets right (wins) and only ``reference``
-    gets right (losses), the accuracy difference, and the exact two-sided McNemar p-value (a binomial
-    test on the discordant images). Far more sensitive than comparing two independent intervals.
-    """
-    from math import comb
-
-    from hetpure.evaluate import read_records
-
-    def load(name: str) -> dict[int, dict[str, Any]]:
+    def load(name: str) -> list[dict[str, Any]]:
         summary = out / name / "summary.json"
         if not summary.exists():
-            return {}
+            return []
         digest = json.loads(summary.read_text())["settings_hash"]
-        return {r["index"]: r for r in read_records(out / name / "records.jsonl") if r["settings_hash"] == digest}
+        return [r for r in read_records(out / name / "records.jsonl") if r["settings_hash"] == digest]
 
-    a, b = load(row), load(reference)
-    common = sorted(set(a) & set(b))
-    if not common:
-        return None
-    result: dict[str, Any] = {"row": row, "reference": reference, "n": len(common)}
-    for key, field in (("clean", "clean_prediction"), ("robust", "adversarial_prediction")):
-        ok_a = [a[i][field] == a[i]["label"] for i in common]
-        ok_b = [b[i][field] == b[i]["label"] for i in common]
-        wins = sum(x and not y for x, y in zip(ok_a, ok_b))
-        losses = sum(y and not x for x, y in zip(ok_a, ok_b))
-        k, m = min(wins, losses), wins + losses
-        p_value = min(1.0, 2 * sum(comb(m, j) for j in range(k + 1)) / 2**m) if m else 1.0
-        result[key] = {"wins": wins, "losses": losses, "difference": (wins - losses) / len(common),
-                       "p_value": p_value}
-    return result
+    result = paired_comparison(load(row), load(reference))
+    return {"row": row, "reference": reference, **result} if result["n"] else None
 
 
 def print_paired(out: Path, rows: list[str], reference: str = "uniform-tl") -> list[dict[str, Any]]:

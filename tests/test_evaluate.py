@@ -13,7 +13,15 @@ from test_purify import tiny_unet
 
 from hetpure import cli
 from hetpure.errors import ConfigError, HetpureError
-from hetpure.evaluate import evaluate, parse_set, read_records, resolve_config, wilson_interval
+from hetpure.evaluate import (
+    evaluate,
+    mcnemar_p,
+    paired_comparison,
+    parse_set,
+    read_records,
+    resolve_config,
+    wilson_interval,
+)
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +179,24 @@ def test_adaptive_attacks_run_from_the_config(assets: Path, tmp_path: Path, atta
     assert s["n"] == 2 and 0 <= s["robust_accuracy"] <= 1
     saved = json.loads((tmp_path / attack["name"] / "config.json").read_text())["config"]["attack"]
     assert {k: saved[k] for k in attack} == attack
+
+
+def test_mcnemar_exact_p_values() -> None:
+    assert mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(12, 0) == pytest.approx(2 / 2**12)  # 12 discordant images all one way
+    assert mcnemar_p(8, 10) == pytest.approx(0.814529, abs=1e-6)  # 2 * P(Binomial(18, 1/2) <= 8)
+    assert mcnemar_p(3, 3) == 1.0 and mcnemar_p(5, 1) == mcnemar_p(1, 5) == pytest.approx(0.21875)
+
+
+def test_paired_comparison_counts_discordant_images() -> None:
+    def rec(i: int, clean: int, adv: int) -> dict:
+        return {"index": i, "label": 1, "clean_prediction": clean, "adversarial_prediction": adv}
+
+    ours = [rec(0, 1, 1), rec(1, 1, 0), rec(2, 1, 1), rec(3, 0, 0), rec(9, 1, 1)]
+    theirs = [rec(0, 1, 0), rec(1, 0, 0), rec(2, 1, 1), rec(3, 1, 1)]
+    c = paired_comparison(ours, theirs)
+    assert c["n"] == 4  # image 9 is only in one run
+    assert (c["clean"]["wins"], c["clean"]["losses"]) == (1, 1) and c["clean"]["difference"] == 0.0
+    assert (c["robust"]["wins"], c["robust"]["losses"]) == (1, 1) and c["robust"]["p_value"] == 1.0
+    swapped = paired_comparison(theirs, ours)
+    assert swapped["robust"]["wins"] == c["robust"]["losses"]

@@ -157,6 +157,36 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mcnemar_p(wins: int, losses: int) -> float:
+    """Exact two-sided McNemar p-value: a Binomial(wins + losses, 1/2) test on the discordant pairs."""
+    m = wins + losses
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, j) for j in range(min(wins, losses) + 1))
+    return min(1.0, 2 * tail / 2**m)
+
+
+def paired_comparison(records: Iterable[dict[str, Any]], reference: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Compare two evaluations image by image on the images both hold (same data, ideally the same attack).
+
+    For clean and robust (majority-vote) correctness: ``wins`` = images only ``records`` gets right,
+    ``losses`` = images only ``reference`` gets right, ``difference`` = (wins − losses) / n and the exact
+    McNemar p-value. Pairing removes the between-image variance that two independent intervals carry.
+    """
+    a = {int(r["index"]): r for r in records}
+    b = {int(r["index"]): r for r in reference}
+    common = sorted(set(a) & set(b))
+    result: dict[str, Any] = {"n": len(common)}
+    for key, field in (("clean", "clean_prediction"), ("robust", "adversarial_prediction")):
+        ok_a = [a[i][field] == a[i]["label"] for i in common]
+        ok_b = [b[i][field] == b[i]["label"] for i in common]
+        wins = sum(x and not y for x, y in zip(ok_a, ok_b))
+        losses = sum(y and not x for x, y in zip(ok_a, ok_b))
+        result[key] = {"wins": wins, "losses": losses, "difference": (wins - losses) / len(common) if common else 0.0,
+                       "p_value": mcnemar_p(wins, losses)}
+    return result
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Read a JSONL records file, repairing a torn last line left by a kill mid-write."""
     if not path.exists():
