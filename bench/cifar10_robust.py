@@ -132,7 +132,9 @@ def table(args: argparse.Namespace) -> None:
     comparisons = print_paired(out, list(args.rows))
     if comparisons:
         pairs = REPO / "docs/results/cifar10_paired.json"
-        pairs.write_text(json.dumps(comparisons, indent=2) + "\n")
+        merged = {r["row"]: r for r in (json.loads(pairs.read_text()) if pairs.exists() else [])}
+        merged.update({r["row"]: r for r in comparisons})
+        pairs.write_text(json.dumps([merged[k] for k in ROWS if k in merged], indent=2) + "\n")
 
 
 def paired(out: Path, row: str, reference: str) -> dict[str, Any] | None:
