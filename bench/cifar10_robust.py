@@ -12,7 +12,7 @@ sessions. Commands:
     python bench/cifar10_robust.py ablations [--n 16]        # adaptive attacks, mask sources, resampling
     python bench/cifar10_robust.py cost                      # seconds, ε-calls, floor and peak RSS per row
 
-Budget (2-core CPU default, about 33 s per image and row on one core): PGD-EOT L∞ 8/255, step 0.007,
+Budget (2-core CPU default, about 35 s per image and row on one core): PGD-EOT L∞ 8/255, step 0.007,
 20 iterations × EOT 4, gradients through the S = 10 surrogate; defence S = 100, R = 8 votes, K = 1
 defended evaluation of each adversarial image (``--worst-case-k 3`` adds the worst case over 3).
 ``--paper-budget`` gives the paper's 200 × 20, S = 500, R = 20 (for GPUs: add ``--device cuda``).
@@ -312,10 +312,7 @@ def cost(args: argparse.Namespace) -> None:
         return
     rows, data = [], []
     for row in args.rows:
-        cmd = [sys.executable, __file__, "cost", "--cost-row", row, "--batch-size", str(args.batch_size),
-               "--steps", str(args.steps), "--eot", str(args.eot), "--ddim-steps", str(args.ddim_steps),
-               "--runs", str(args.runs), "--tuned-tl", str(args.tuned_tl), "--tuned-tau", str(args.tuned_tau),
-               "--graded-lo", str(args.graded_lo), "--graded-hi", str(args.graded_hi), "--device", args.device]
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--cost-row", row]  # the same options, one row
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
         if proc.returncode != 0:
             sys.exit(proc.stderr)

@@ -349,7 +349,8 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     bs = cfg["run"]["batch_size"]
     batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
 
-    done = _finished(out, digest)
+    wanted = set(indices)  # a grown run's folder may hold records beyond this subset
+    done = {i: r for i, r in _finished(out, digest).items() if i in wanted}
     my_records = out / ("records.jsonl" if dist.world_size == 1 else f"records.rank{dist.rank}.jsonl")
     todo = [b for b in range(len(batches)) if b % dist.world_size == dist.rank
             and not all(indices[p] in done for p in batches[b])]
@@ -382,7 +383,6 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     dist.barrier()
     summary: dict[str, Any] = {}
     if dist.is_main:
-        wanted = set(indices)
         records = [r for r in _merge(out, digest, dist.world_size) if int(r["index"]) in wanted]
         sanity_report = _sanity(ev, dataset, cfg) if cfg["run"]["sanity"] else None
         summary = _summarise(cfg, digest, records, stats, purifier, sanity_report, device)
