@@ -7,7 +7,8 @@ sessions. Commands:
 
     python bench/cifar10_robust.py table  [--n 256] [--rows ...] [--tuned-tl 0.2 --tuned-tau 0.7]
     python bench/cifar10_robust.py tune   [--n 256]          # TRAIN split: picks τ and t_l for "tuned"
-    python bench/cifar10_robust.py sweep  [--n 32]           # t_l × τ grid, plot of clean/robust accuracy
+                                      [--screen-n 32 --keep 2]  # successive halving over the grid
+    python bench/cifar10_robust.py sweep  [--n 16]           # t_l × τ grid, plot of clean/robust accuracy
     python bench/cifar10_robust.py figures                   # example grid, level maps (+ the sweep plot)
     python bench/cifar10_robust.py ablations [--n 16]        # adaptive attacks, mask sources, resampling
     python bench/cifar10_robust.py cost                      # seconds, ε-calls, floor and peak RSS per row
@@ -166,49 +167,82 @@ def print_paired(out: Path, rows: list[str], reference: str = "uniform-tl") -> l
 
 
 def tune(args: argparse.Namespace) -> None:
-    """Pick (t_l, τ) for the tuned row by robust accuracy on the TRAIN split (never the test subset)."""
+    """Pick (t_l, τ) for the tuned row by robust accuracy on the TRAIN split (never the test subset).
+
+    Successive halving: every grid point is screened on the first ``--screen-n`` train images, then the
+    ``--keep`` best by robust accuracy are extended to ``--n`` images and the selection is made among those.
+    Every run is resumable and all runs share one seeded permutation, so a grown run keeps its screened images.
+    """
     out = Path(args.out) / "tune"
-    results = []
-    for t_l in args.tl_grid:
-        for tau in args.tau_grid:
-            cfg = row_config("heterogeneous", args, split="train", n=args.n)
-            cfg["defense"].update(t_l=t_l, tau=tau)
-            s = run_row(cfg, out / f"tl{t_l}_tau{tau}")
-            results.append((s["robust_accuracy"], s["clean_accuracy"], t_l, tau, s["n"], s["seconds_per_image"]))
-    print_table(["t_l", "τ", "n", "clean %", "robust %", "s/image"],
-                [[r[2], r[3], r[4], pct(r[1]), pct(r[0]), f"{r[5]:.1f}"] for r in results])
-    best = max(results)  # robust accuracy first, clean accuracy breaks ties
+    screen_n = min(args.screen_n or args.n, args.n)
+
+    def run(t_l: float, tau: float, n: int) -> dict[str, Any]:
+        cfg = row_config("heterogeneous", args, split="train", n=n)
+        cfg["defense"].update(t_l=t_l, tau=tau)
+        s = run_row(cfg, out / f"tl{t_l}_tau{tau}")
+        return {"t_l": t_l, "tau": tau, "n": s["n"], "clean_accuracy": s["clean_accuracy"],
+                "robust_accuracy": s["robust_accuracy"], "robust_accuracy_ci95": s["robust_accuracy_ci95"],
+                "seconds_per_image": s["seconds_per_image"]}
+
+    def rank(r: dict[str, Any]) -> tuple[float, float]:
+        return (r["robust_accuracy"], r["clean_accuracy"])  # robust first, clean accuracy breaks ties
+
+    screened = [run(t_l, tau, screen_n) for t_l in args.tl_grid for tau in args.tau_grid]
+    finalists = sorted(screened, key=rank, reverse=True)[: max(1, args.keep)] if screen_n < args.n else screened
+    final = [run(r["t_l"], r["tau"], args.n) for r in finalists] if screen_n < args.n else screened
+    best = max(final, key=rank)
+    print_table(["stage", "t_l", "τ", "n", "clean %", "robust %", "s/image"],
+                [[stage, r["t_l"], r["tau"], r["n"], pct(r["clean_accuracy"]), pct(r["robust_accuracy"]),
+                  f"{r['seconds_per_image']:.1f}"]
+                 for stage, rows in (("screen", screened), ("final", final if screen_n < args.n else []))
+                 for r in rows])
     target = REPO / "docs/results/cifar10_tune.json"
     target.write_text(json.dumps({
-        "split": "train", "selected": {"t_l": best[2], "tau": best[3]},
-        "grid": [{"t_l": r[2], "tau": r[3], "n": r[4], "clean_accuracy": r[1], "robust_accuracy": r[0],
-                  "seconds_per_image": r[5]} for r in results],
+        "split": "train", "screen_n": screen_n, "n": args.n, "keep": args.keep,
+        "selected": {"t_l": best["t_l"], "tau": best["tau"], "n": best["n"]},
+        "grid": screened, "final": final,
     }, indent=2) + "\n")
-    print(f"\nbest on the train split: t_l={best[2]} τ={best[3]} (robust {pct(best[0])}%); "
-          f"use --tuned-tl {best[2]} --tuned-tau {best[3]}")
+    print(f"\nbest on the train split: t_l={best['t_l']} τ={best['tau']} (robust {pct(best['robust_accuracy'])}% "
+          f"on n={best['n']}); use --tuned-tl {best['t_l']} --tuned-tau {best['tau']}")
 
 
 def sweep(args: argparse.Namespace) -> None:
-    """Clean and robust accuracy against the noise level: uniform t*, and heterogeneous t_l × τ."""
+    """Clean and robust accuracy against the noise level: uniform t*, and heterogeneous t_l × τ (t_s fixed).
+
+    Each point is a resumable run under OUT/sweep/; points are merged into docs/results/cifar10_sweep.json
+    by (method, t, τ), so the grid can be split over several processes or sessions. Heterogeneous points
+    need t_l > t_s (at t_l = t_s the method is uniform t* = t_s, which is the uniform point).
+    """
     out = Path(args.out) / "sweep"
-    points: list[dict[str, Any]] = []
+    target = REPO / "docs/results/cifar10_sweep.json"
+    budget = {"steps": args.steps, "eot": args.eot, "runs": args.runs, "ddim_steps": args.ddim_steps,
+              "t_s": T_S, "resample_steps": U}
+    previous = json.loads(target.read_text()) if target.exists() else {}
+    keep = previous.get("n") == args.n and previous.get("budget") == budget
+    merged = {(p["method"], p["t"], p["tau"]): p for p in previous.get("points", [])} if keep else {}
+
+    def record(method: str, t: float, tau: float | None, cfg: dict[str, Any], folder: str) -> None:
+        s = run_row(cfg, out / folder)
+        merged[(method, t, tau)] = {"method": method, "t": t, "tau": tau, "n": s["n"],
+                                    "clean": s["clean_accuracy"], "robust": s["robust_accuracy"],
+                                    "robust_ci95": s["robust_accuracy_ci95"],
+                                    "seconds_per_image": s["seconds_per_image"]}
+        points = sorted(merged.values(), key=lambda p: (p["method"], p["t"], p["tau"] or 0.0))
+        target.write_text(json.dumps({"n": args.n, "split": "test", "budget": budget, "points": points},
+                                     indent=2) + "\n")
+
     for t in args.tl_grid:
         cfg = row_config("uniform-tl", args, n=args.n)
         cfg["defense"]["t_star"] = t
-        s = run_row(cfg, out / f"uniform_t{t}")
-        points.append({"method": "uniform", "t": t, "tau": None, "clean": s["clean_accuracy"],
-                       "robust": s["robust_accuracy"]})
-        for tau in args.tau_grid:
+        record("uniform", t, None, cfg, f"uniform_t{t}")
+        for tau in args.tau_grid if t > T_S else []:
             cfg = row_config("heterogeneous", args, n=args.n)
             cfg["defense"].update(t_l=t, tau=tau)
-            s = run_row(cfg, out / f"hetero_tl{t}_tau{tau}")
-            points.append({"method": "heterogeneous", "t": t, "tau": tau, "clean": s["clean_accuracy"],
-                           "robust": s["robust_accuracy"]})
-    target = REPO / "docs/results/cifar10_sweep.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps({"n": args.n, "points": points}, indent=2) + "\n")
-    print_table(["method", "t_l / t*", "τ", "clean %", "robust %"],
-                [[p["method"], p["t"], p["tau"] or "–", pct(p["clean"]), pct(p["robust"])] for p in points])
+            record("heterogeneous", t, tau, cfg, f"hetero_tl{t}_tau{tau}")
+    points = json.loads(target.read_text())["points"]
+    print_table(["method", "t_l / t*", "τ", "n", "clean %", "robust %", "s/image"],
+                [[p["method"], p["t"], p["tau"] or "–", p["n"], pct(p["clean"]), pct(p["robust"]),
+                  f"{p['seconds_per_image']:.1f}"] for p in points])
     plot_sweep(target, REPO / "docs/results/cifar10_sweep.png")
 
 
@@ -337,26 +371,32 @@ def cost(args: argparse.Namespace) -> None:
 
 
 def plot_sweep(data_file: Path, png: Path) -> None:
+    """Clean and robust accuracy against t_l (heterogeneous, one line per τ) and t* (uniform)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     data = json.loads(data_file.read_text())
+    b = data.get("budget", {})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key in zip(axes, ("clean", "robust")):
-        uni = [p for p in data["points"] if p["method"] == "uniform"]
+        uni = sorted((p for p in data["points"] if p["method"] == "uniform"), key=lambda p: p["t"])
         ax.plot([p["t"] for p in uni], [100 * p[key] for p in uni], "k--o", label="uniform t*")
         for tau in sorted({p["tau"] for p in data["points"] if p["tau"] is not None}):
-            pts = [p for p in data["points"] if p["tau"] == tau]
+            pts = sorted((p for p in data["points"] if p["tau"] == tau), key=lambda p: p["t"])
             ax.plot([p["t"] for p in pts], [100 * p[key] for p in pts], "-o", label=f"heterogeneous τ={tau}")
-        ax.set_xlabel("t_l (heterogeneous, t_s = 0.1) / t* (uniform)")
-        ax.set_title(f"{key} accuracy (n = {data['n']})")
+        ax.set_xlabel(f"t_l (heterogeneous, t_s = {b.get('t_s', T_S)}) / t* (uniform)")
+        title = f"{key} accuracy, n = {data['n']}"
+        if key == "robust" and b:
+            title += f" (PGD-EOT {b['steps']}×{b['eot']}, R = {b['runs']})"
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy %")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
+    plt.close(fig)
     print(f"wrote {png.relative_to(REPO)}")
 
 
@@ -430,9 +470,12 @@ def main() -> None:
     parser.add_argument("--graded-lo", type=float, default=0.5)
     parser.add_argument("--graded-hi", type=float, default=0.9)
     parser.add_argument("--cost-row", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--screen-n", type=int, default=32,
+                        help="tune: screen every grid point on this many train images first")
+    parser.add_argument("--keep", type=int, default=2, help="tune: grid points grown from --screen-n to --n")
     parser.add_argument("--only", nargs="*", default=None, help="ablations: run only these names")
     parser.add_argument("--tl-grid", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.35])
-    parser.add_argument("--tau-grid", type=float, nargs="+", default=[0.5, 0.7, 0.9, 0.95])
+    parser.add_argument("--tau-grid", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     args = parser.parse_args()
     {"table": table, "tune": tune, "sweep": sweep, "figures": figures, "ablations": ablations,
      "cost": cost}[args.command](args)
