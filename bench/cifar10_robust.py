@@ -133,9 +133,9 @@ def table(args: argparse.Namespace) -> None:
     comparisons = print_paired(out, list(args.rows))
     if comparisons:
         pairs = REPO / "docs/results/cifar10_paired.json"
-        merged = {r["row"]: r for r in (json.loads(pairs.read_text()) if pairs.exists() else [])}
-        merged.update({r["row"]: r for r in comparisons})
-        pairs.write_text(json.dumps([merged[k] for k in ROWS if k in merged], indent=2) + "\n")
+        merged = {(r["row"], r["reference"]): r for r in (json.loads(pairs.read_text()) if pairs.exists() else [])}
+        merged.update({(r["row"], r["reference"]): r for r in comparisons})
+        pairs.write_text(json.dumps([merged[k] for k in PAIRS if k in merged], indent=2) + "\n")
 
 
 def paired(out: Path, row: str, reference: str) -> dict[str, Any] | None:
@@ -153,16 +153,25 @@ def paired(out: Path, row: str, reference: str) -> dict[str, Any] | None:
     return {"row": row, "reference": reference, **result} if result["n"] else None
 
 
-def print_paired(out: Path, rows: list[str], reference: str = "uniform-tl") -> list[dict[str, Any]]:
-    results = [r for row in rows if row not in (reference, "none") and (r := paired(out, row, reference))]
+PAIRS = (("uniform-ts", "uniform-tl"), ("heterogeneous", "uniform-tl"), ("heterogeneous", "uniform-ts"),
+         ("heterogeneous-tuned", "uniform-tl"), ("heterogeneous-tuned", "heterogeneous"),
+         ("heterogeneous-graded", "uniform-tl"), ("heterogeneous-graded", "heterogeneous"),
+         ("heterogeneous-exact", "heterogeneous"))
+
+
+def print_paired(out: Path, rows: list[str]) -> list[dict[str, Any]]:
+    """Paired comparisons (``PAIRS``) that involve one of ``rows``, on the images both runs have finished."""
+    wanted = [(a, b) for a, b in PAIRS if a in rows or b in rows]
+    results = [r for a, b in wanted if (r := paired(out, a, b))]
     if results:
-        print(f"\npaired against {reference} (wins / losses = images only this row / only {reference} gets right):")
-        print_table(["defence", "n", "clean Δ pts", "clean wins/losses", "p", "robust Δ pts", "robust wins/losses",
-                     "p"], [[r["row"], r["n"], f"{100 * r['clean']['difference']:+.1f}",
-                             f"{r['clean']['wins']}/{r['clean']['losses']}", f"{r['clean']['p_value']:.2g}",
-                             f"{100 * r['robust']['difference']:+.1f}",
-                             f"{r['robust']['wins']}/{r['robust']['losses']}", f"{r['robust']['p_value']:.2g}"]
-                            for r in results])
+        print("\npaired comparisons (wins / losses = images only the row / only the reference gets right):")
+        print_table(["defence", "reference", "n", "clean Δ pts", "clean wins/losses", "p", "robust Δ pts",
+                     "robust wins/losses", "p"],
+                    [[r["row"], r["reference"], r["n"], f"{100 * r['clean']['difference']:+.1f}",
+                      f"{r['clean']['wins']}/{r['clean']['losses']}", f"{r['clean']['p_value']:.2g}",
+                      f"{100 * r['robust']['difference']:+.1f}",
+                      f"{r['robust']['wins']}/{r['robust']['losses']}", f"{r['robust']['p_value']:.2g}"]
+                     for r in results])
     return results
 
 
