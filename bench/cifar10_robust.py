@@ -96,6 +96,15 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
 
+def merge_into(target: Path, items: list[dict[str, Any]], key: Any, order: Any) -> None:
+    """Merge ``items`` into the JSON list at ``target`` (replacing entries with the same ``key(item)``),
+    ordered as ``order`` lists the keys, so one command refreshes only the rows it ran."""
+    merged = {key(r): r for r in (json.loads(target.read_text()) if target.exists() else [])}
+    merged.update({key(r): r for r in items})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps([merged[k] for k in order if k in merged], indent=2) + "\n")
+
+
 def table(args: argparse.Namespace) -> None:
     out = Path(args.out)
     rows, data = [], []
@@ -124,18 +133,11 @@ def table(args: argparse.Namespace) -> None:
     print()
     print_table(headers, rows)
     target = REPO / "docs/results/cifar10_robust.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(target.read_text()) if target.exists() else []
-    merged = {r["defense"]: r for r in previous}
-    merged.update({r["defense"]: r for r in data})
-    target.write_text(json.dumps([merged[k] for k in ROWS if k in merged], indent=2) + "\n")
+    merge_into(target, data, lambda r: r["defense"], ROWS)
     print(f"\nwrote {target.relative_to(REPO)}")
     comparisons = print_paired(out, list(args.rows))
     if comparisons:
-        pairs = REPO / "docs/results/cifar10_paired.json"
-        merged = {(r["row"], r["reference"]): r for r in (json.loads(pairs.read_text()) if pairs.exists() else [])}
-        merged.update({(r["row"], r["reference"]): r for r in comparisons})
-        pairs.write_text(json.dumps([merged[k] for k in PAIRS if k in merged], indent=2) + "\n")
+        merge_into(REPO / "docs/results/cifar10_paired.json", comparisons, lambda r: (r["row"], r["reference"]), PAIRS)
 
 
 def paired(out: Path, row: str, reference: str) -> dict[str, Any] | None:
@@ -197,13 +199,14 @@ def tune(args: argparse.Namespace) -> None:
         return (r["robust_accuracy"], r["clean_accuracy"])  # robust first, clean accuracy breaks ties
 
     screened = [run(t_l, tau, screen_n) for t_l in args.tl_grid for tau in args.tau_grid]
-    finalists = sorted(screened, key=rank, reverse=True)[: max(1, args.keep)] if screen_n < args.n else screened
-    final = [run(r["t_l"], r["tau"], args.n) for r in finalists] if screen_n < args.n else screened
+    halving = screen_n < args.n
+    finalists = sorted(screened, key=rank, reverse=True)[: max(1, args.keep)]
+    final = [run(r["t_l"], r["tau"], args.n) for r in finalists] if halving else screened
     best = max(final, key=rank)
     print_table(["stage", "t_l", "τ", "n", "clean %", "robust %", "s/image"],
                 [[stage, r["t_l"], r["tau"], r["n"], pct(r["clean_accuracy"]), pct(r["robust_accuracy"]),
                   f"{r['seconds_per_image']:.1f}"]
-                 for stage, rows in (("screen", screened), ("final", final if screen_n < args.n else []))
+                 for stage, rows in (("screen", screened), ("final", final if halving else []))
                  for r in rows])
     target = REPO / "docs/results/cifar10_tune.json"
     target.write_text(json.dumps({
@@ -226,17 +229,25 @@ def sweep(args: argparse.Namespace) -> None:
     target = REPO / "docs/results/cifar10_sweep.json"
     budget = {"steps": args.steps, "eot": args.eot, "runs": args.runs, "ddim_steps": args.ddim_steps,
               "t_s": T_S, "resample_steps": U}
-    previous = json.loads(target.read_text()) if target.exists() else {}
-    keep = previous.get("n") == args.n and previous.get("budget") == budget
-    merged = {(p["method"], p["t"], p["tau"]): p for p in previous.get("points", [])} if keep else {}
+
+    def level(p: dict[str, Any]) -> tuple[str, float, float]:
+        return (p["method"], p["t"], p["tau"] or 0.0)
+
+    def load() -> dict[tuple[str, float, float | None], dict[str, Any]]:
+        """The points already in the JSON, if they were measured at this n and budget."""
+        previous = json.loads(target.read_text()) if target.exists() else {}
+        if previous.get("n") != args.n or previous.get("budget") != budget:
+            return {}
+        return {(p["method"], p["t"], p["tau"]): p for p in previous["points"]}
 
     def record(method: str, t: float, tau: float | None, cfg: dict[str, Any], folder: str) -> None:
         s = run_row(cfg, out / folder)
+        merged = load()  # re-read: another process may have added points meanwhile
         merged[(method, t, tau)] = {"method": method, "t": t, "tau": tau, "n": s["n"],
                                     "clean": s["clean_accuracy"], "robust": s["robust_accuracy"],
                                     "robust_ci95": s["robust_accuracy_ci95"],
                                     "seconds_per_image": s["seconds_per_image"]}
-        points = sorted(merged.values(), key=lambda p: (p["method"], p["t"], p["tau"] or 0.0))
+        points = sorted(merged.values(), key=level)
         target.write_text(json.dumps({"n": args.n, "split": "test", "budget": budget, "points": points},
                                      indent=2) + "\n")
 
@@ -248,7 +259,7 @@ def sweep(args: argparse.Namespace) -> None:
             cfg = row_config("heterogeneous", args, n=args.n)
             cfg["defense"].update(t_l=t, tau=tau)
             record("heterogeneous", t, tau, cfg, f"hetero_tl{t}_tau{tau}")
-    points = json.loads(target.read_text())["points"]
+    points = sorted(load().values(), key=level)
     print_table(["method", "t_l / t*", "τ", "n", "clean %", "robust %", "s/image"],
                 [[p["method"], p["t"], p["tau"] or "–", p["n"], pct(p["clean"]), pct(p["robust"]),
                   f"{p['seconds_per_image']:.1f}"] for p in points])
@@ -301,9 +312,7 @@ def ablations(args: argparse.Namespace) -> None:
                  "s/image"], rows)
     target = REPO / "docs/results/cifar10_ablations.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    merged = {r["ablation"]: r for r in (json.loads(target.read_text()) if target.exists() else [])}
-    merged.update({r["ablation"]: r for r in data})
-    target.write_text(json.dumps([merged[k] for k in ABLATIONS if k in merged], indent=2) + "\n")
+    merge_into(target, data, lambda r: r["ablation"], ABLATIONS)
     print(f"\nwrote {target.relative_to(REPO)}")
 
 
