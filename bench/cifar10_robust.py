@@ -177,12 +177,25 @@ def print_paired(out: Path, rows: list[str]) -> list[dict[str, Any]]:
     return results
 
 
+def tune_rank(r: dict[str, Any]) -> tuple[float, float]:
+    """Robust accuracy first; clean accuracy breaks ties."""
+    return (r["robust_accuracy"], r["clean_accuracy"])
+
+
+def halve(points: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+    """The ``keep`` best points by :func:`tune_rank`, in their original (grid) order."""
+    best = sorted(points, key=tune_rank, reverse=True)[:keep]
+    return [p for p in points if p in best]
+
+
 def tune(args: argparse.Namespace) -> None:
     """Pick (t_l, τ) for the tuned row by robust accuracy on the TRAIN split (never the test subset).
 
-    Successive halving: every grid point is screened on the first ``--screen-n`` train images, then the
-    ``--keep`` best by robust accuracy are extended to ``--n`` images and the selection is made among those.
-    Every run is resumable and all runs share one seeded permutation, so a grown run keeps its screened images.
+    Successive halving (Jamieson & Talwalkar, 2016): every grid point is screened on the first
+    ``--screen-n`` train images and the ``--keep`` best by robust accuracy go on; then n doubles at each
+    rung (capped at ``--n``) and the better half (rounded up) goes on, until one point is left at ``--n``
+    images. Every run is resumable and all runs share one seeded permutation, so a grown run keeps the
+    images it already has and a point dropped at a rung costs only the images it was run on.
     """
     out = Path(args.out) / "tune"
     screen_n = min(args.screen_n or args.n, args.n)
@@ -195,24 +208,26 @@ def tune(args: argparse.Namespace) -> None:
                 "robust_accuracy": s["robust_accuracy"], "robust_accuracy_ci95": s["robust_accuracy_ci95"],
                 "seconds_per_image": s["seconds_per_image"]}
 
-    def rank(r: dict[str, Any]) -> tuple[float, float]:
-        return (r["robust_accuracy"], r["clean_accuracy"])  # robust first, clean accuracy breaks ties
-
     screened = [run(t_l, tau, screen_n) for t_l in args.tl_grid for tau in args.tau_grid]
-    halving = screen_n < args.n
-    finalists = sorted(screened, key=rank, reverse=True)[: max(1, args.keep)]
-    final = [run(r["t_l"], r["tau"], args.n) for r in finalists] if halving else screened
-    best = max(final, key=rank)
+    rungs = [screened]
+    field = halve(screened, max(1, args.keep)) if screen_n < args.n else screened
+    n = screen_n
+    while n < args.n:
+        n = min(2 * n, args.n)
+        rungs.append([run(r["t_l"], r["tau"], n) for r in field])
+        field = halve(rungs[-1], (len(rungs[-1]) + 1) // 2)
+    final = rungs[-1]
+    best = max(final, key=tune_rank)
     print_table(["stage", "t_l", "τ", "n", "clean %", "robust %", "s/image"],
                 [[stage, r["t_l"], r["tau"], r["n"], pct(r["clean_accuracy"]), pct(r["robust_accuracy"]),
                   f"{r['seconds_per_image']:.1f}"]
-                 for stage, rows in (("screen", screened), ("final", final if halving else []))
+                 for stage, rows in [("screen", screened)] + [(f"rung {i}", r) for i, r in enumerate(rungs[1:], 1)]
                  for r in rows])
     target = REPO / "docs/results/cifar10_tune.json"
     target.write_text(json.dumps({
         "split": "train", "screen_n": screen_n, "n": args.n, "keep": args.keep,
         "selected": {"t_l": best["t_l"], "tau": best["tau"], "n": best["n"]},
-        "grid": screened, "final": final,
+        "grid": screened, "rungs": rungs[1:], "final": final,
     }, indent=2) + "\n")
     print(f"\nbest on the train split: t_l={best['t_l']} τ={best['tau']} (robust {pct(best['robust_accuracy'])}% "
           f"on n={best['n']}); use --tuned-tl {best['t_l']} --tuned-tau {best['tau']}")
@@ -490,7 +505,8 @@ def main() -> None:
     parser.add_argument("--cost-row", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--screen-n", type=int, default=32,
                         help="tune: screen every grid point on this many train images first")
-    parser.add_argument("--keep", type=int, default=2, help="tune: grid points grown from --screen-n to --n")
+    parser.add_argument("--keep", type=int, default=2,
+                        help="tune: points kept after the --screen-n stage; each later rung doubles n, keeps half")
     parser.add_argument("--only", nargs="*", default=None, help="ablations: run only these names")
     parser.add_argument("--tl-grid", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.35])
     parser.add_argument("--tau-grid", type=float, nargs="+", default=[0.5, 0.7, 0.9])
