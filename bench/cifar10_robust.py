@@ -197,6 +197,9 @@ def tune(args: argparse.Namespace) -> None:
     images. Every run is resumable and all runs share one seeded permutation, so a grown run keeps the
     images it already has and a point dropped at a rung costs only the images it was run on.
     """
+    if args.n < 1 or args.screen_n < 0:
+        sys.exit(f"tune: --n must be at least 1 and --screen-n at least 0 (0 = no screening stage); "
+                 f"got --n {args.n} --screen-n {args.screen_n}")
     out = Path(args.out) / "tune"
     screen_n = min(args.screen_n or args.n, args.n)
 
@@ -210,7 +213,7 @@ def tune(args: argparse.Namespace) -> None:
 
     screened = [run(t_l, tau, screen_n) for t_l in args.tl_grid for tau in args.tau_grid]
     rungs = [screened]
-    field = halve(screened, max(1, args.keep)) if screen_n < args.n else screened
+    field = halve(screened, max(1, args.keep))
     n = screen_n
     while n < args.n:
         n = min(2 * n, args.n)
@@ -219,10 +222,9 @@ def tune(args: argparse.Namespace) -> None:
     final = rungs[-1]
     best = max(final, key=tune_rank)
     print_table(["stage", "t_l", "τ", "n", "clean %", "robust %", "s/image"],
-                [[stage, r["t_l"], r["tau"], r["n"], pct(r["clean_accuracy"]), pct(r["robust_accuracy"]),
-                  f"{r['seconds_per_image']:.1f}"]
-                 for stage, rows in [("screen", screened)] + [(f"rung {i}", r) for i, r in enumerate(rungs[1:], 1)]
-                 for r in rows])
+                [["screen" if i == 0 else f"rung {i}", r["t_l"], r["tau"], r["n"], pct(r["clean_accuracy"]),
+                  pct(r["robust_accuracy"]), f"{r['seconds_per_image']:.1f}"]
+                 for i, rows in enumerate(rungs) for r in rows])
     target = REPO / "docs/results/cifar10_tune.json"
     target.write_text(json.dumps({
         "split": "train", "screen_n": screen_n, "n": args.n, "keep": args.keep,
@@ -326,7 +328,6 @@ def ablations(args: argparse.Namespace) -> None:
     print_table(["ablation", "n", "clean %", "robust % (95% CI)", "ε-calls/purification", "ε-calls/attack pass",
                  "s/image"], rows)
     target = REPO / "docs/results/cifar10_ablations.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
     merge_into(target, data, lambda r: r["ablation"], ABLATIONS)
     print(f"\nwrote {target.relative_to(REPO)}")
 

@@ -1,0 +1,76 @@
+"""The successive-halving schedule of ``bench/cifar10_robust.py tune``, with the evaluation mocked out."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture
+def cifar10_robust(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("cifar10_robust_under_test", BENCH / "cifar10_robust.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "REPO", tmp_path)
+    monkeypatch.setattr(module, "shared_dir", lambda: tmp_path / "shared")
+    (tmp_path / "docs/results").mkdir(parents=True)
+    return module
+
+
+def run_tune(module: Any, monkeypatch: pytest.MonkeyPatch, robust: dict[tuple[float, float], float],
+             *flags: str) -> list[tuple[float, float, int]]:
+    """Run ``tune`` with ``run_row`` replaced by a lookup in ``robust``; returns the (t_l, τ, n) runs."""
+    calls: list[tuple[float, float, int]] = []
+
+    def fake_run_row(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+        d, n = cfg["defense"], cfg["data"]["n"]
+        assert cfg["data"]["split"] == "train"
+        calls.append((d["t_l"], d["tau"], n))
+        return {"n": n, "clean_accuracy": 0.5, "robust_accuracy": robust[(d["t_l"], d["tau"])],
+                "robust_accuracy_ci95": [0.0, 1.0], "seconds_per_image": 1.0}
+
+    monkeypatch.setattr(module, "run_row", fake_run_row)
+    monkeypatch.setattr(sys, "argv", ["cifar10_robust.py", "tune", *flags])
+    module.main()
+    return calls
+
+
+GRID = {(0.2, 0.5): 0.15, (0.2, 0.7): 0.21, (0.2, 0.9): 0.28, (0.3, 0.5): 0.25, (0.3, 0.7): 0.20, (0.3, 0.9): 0.18}
+FLAGS = ("--tl-grid", "0.2", "0.3", "--tau-grid", "0.5", "0.7", "0.9", "--screen-n", "32")
+
+
+def test_tune_halves_the_field_at_each_doubling_rung(cifar10_robust: Any, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    calls = run_tune(cifar10_robust, monkeypatch, GRID, *FLAGS, "--keep", "2", "--n", "256")
+    screen = [(t_l, tau, 32) for t_l in (0.2, 0.3) for tau in (0.5, 0.7, 0.9)]
+    assert calls == screen + [(0.2, 0.9, 64), (0.3, 0.5, 64), (0.2, 0.9, 128), (0.2, 0.9, 256)]
+    result = json.loads((tmp_path / "docs/results/cifar10_tune.json").read_text())
+    assert result["selected"] == {"t_l": 0.2, "tau": 0.9, "n": 256}
+    assert [[(r["t_l"], r["tau"], r["n"]) for r in rung] for rung in result["rungs"]] == [
+        [(0.2, 0.9, 64), (0.3, 0.5, 64)], [(0.2, 0.9, 128)], [(0.2, 0.9, 256)]]
+    assert result["final"] == result["rungs"][-1]
+
+
+def test_tune_without_halving_runs_every_point_once(cifar10_robust: Any, monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    calls = run_tune(cifar10_robust, monkeypatch, GRID, *FLAGS, "--n", "32")
+    assert calls == [(t_l, tau, 32) for t_l in (0.2, 0.3) for tau in (0.5, 0.7, 0.9)]
+    result = json.loads((tmp_path / "docs/results/cifar10_tune.json").read_text())
+    assert result["rungs"] == [] and result["final"] == result["grid"]
+    assert result["selected"] == {"t_l": 0.2, "tau": 0.9, "n": 32}
+
+
+@pytest.mark.parametrize("flags", [("--screen-n", "-4"), ("--n", "0")])
+def test_tune_rejects_sizes_that_cannot_double(cifar10_robust: Any, monkeypatch: pytest.MonkeyPatch,
+                                               flags: tuple[str, str]) -> None:
+    with pytest.raises(SystemExit, match="--n must be at least 1 and --screen-n at least 0"):
+        run_tune(cifar10_robust, monkeypatch, GRID, "--tl-grid", "0.2", "--tau-grid", "0.9", *flags)
