@@ -17,6 +17,8 @@ Budget (2-core CPU default, about 35 s per image and row on one core): PGD-EOT L
 20 iterations × EOT 4, gradients through the S = 10 surrogate; defence S = 100, R = 8 votes, K = 1
 defended evaluation of each adversarial image (``--worst-case-k 3`` adds the worst case over 3).
 ``--paper-budget`` gives the paper's 200 × 20, S = 500, R = 20 (for GPUs: add ``--device cuda``).
+A row whose settings equal another row's (the tuned row, when tuning selects the paper's settings) reuses
+that row's records instead of recomputing them (``records_from`` in the JSON).
 The heterogeneous-exact row attacks through the defence's own S = 100 sampler with per-step
 checkpointing.
 
@@ -83,6 +85,38 @@ def run_row(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     return evaluate(cfg)
 
 
+def adopt_twin(cfg: dict[str, Any], folder: Path) -> str | None:
+    """Reuse the records of a sibling row that ran with exactly these settings.
+
+    When tuning selects the paper's settings, the tuned row *is* the heterogeneous row: the same settings
+    hash, hence the same images, random streams and attacks. Rather than recompute it, copy the sibling's
+    finished records (those of this hash only) into ``folder``; ``evaluate`` then resumes from them and
+    computes only images the sibling lacks. Returns the sibling's name, or None when there is none (or
+    ``folder`` already holds a run with other settings, which ``evaluate`` reports).
+    """
+    from hetpure.evaluate import read_records, resolve_config, settings_hash
+
+    def hash_of(path: Path) -> str | None:
+        return json.loads(path.read_text()).get("settings_hash") if path.exists() else None
+
+    digest = settings_hash(resolve_config(cfg))
+    if hash_of(folder / "config.json") not in (None, digest) or not folder.parent.is_dir():
+        return None
+    for other in sorted(p for p in folder.parent.iterdir() if p.is_dir() and p != folder):
+        if hash_of(other / "config.json") != digest or not (other / "records.jsonl").exists():
+            continue
+        mine = folder / "records.jsonl"
+        have = {r["index"] for r in read_records(mine) if r.get("settings_hash") == digest} if mine.exists() else set()
+        new = [r for r in read_records(other / "records.jsonl")
+               if r.get("settings_hash") == digest and r["index"] not in have]
+        folder.mkdir(parents=True, exist_ok=True)
+        with mine.open("a") as f:
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in new)
+        print(f"{folder.name}: same settings as {other.name}; reused {len(new)} of its records", flush=True)
+        return other.name
+    return None
+
+
 def describe(d: dict[str, Any]) -> str:
     if d["method"] == "none":
         return "–"
@@ -110,6 +144,8 @@ def table(args: argparse.Namespace) -> None:
     rows, data = [], []
     for row in args.rows:
         cfg = row_config(row, args, n=args.n_exact if row == "heterogeneous-exact" else None)
+        cfg["run"]["out"] = str(out / row)
+        twin = adopt_twin(cfg, out / row)
         s = run_row(cfg, out / row)
         a = s["config"]["attack"]
         ci, cci = s["robust_accuracy_ci95"], s["clean_accuracy_ci95"]
@@ -126,7 +162,7 @@ def table(args: argparse.Namespace) -> None:
             "attack": {k: a[k] for k in ("name", "norm", "eps", "step_size", "steps", "eot", "gradient",
                                          "surrogate_ddim_steps")},
             "eps_calls": s["eps_calls"], "seconds_per_image": s["seconds_per_image"], "machine": s["machine"],
-            "finished": s["finished"],
+            "finished": s["finished"], **({"records_from": twin} if twin else {}),
         })
     headers = ["defence", "settings", "n", "clean % (95% CI)", "robust % (95% CI)", "worst-of-K %",
                "ε-calls/purification", "attack ε-calls/image", "s/image"]

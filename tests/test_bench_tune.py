@@ -74,3 +74,57 @@ def test_tune_rejects_sizes_that_cannot_double(cifar10_robust: Any, monkeypatch:
                                                flags: tuple[str, str]) -> None:
     with pytest.raises(SystemExit, match="--n must be at least 1 and --screen-n at least 0"):
         run_tune(cifar10_robust, monkeypatch, GRID, "--tl-grid", "0.2", "--tau-grid", "0.9", *flags)
+
+
+def make_args(module: Any, monkeypatch: pytest.MonkeyPatch, *flags: str) -> Any:
+    monkeypatch.setattr(sys, "argv", ["cifar10_robust.py", "table", *flags])
+    captured: dict[str, Any] = {}
+    monkeypatch.setitem(module.__dict__, "table", lambda args: captured.setdefault("args", args))
+    module.main()
+    return captured["args"]
+
+
+def write_run(module: Any, folder: Path, cfg: dict[str, Any], indices: list[int]) -> str:
+    from hetpure.evaluate import resolve_config, settings_hash
+
+    digest = settings_hash(resolve_config(cfg))
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"settings_hash": digest, "config": cfg}))
+    (folder / "records.jsonl").write_text("".join(
+        json.dumps({"index": i, "settings_hash": digest, "label": i % 10}) + "\n" for i in indices))
+    return digest
+
+
+def test_tuned_row_with_the_paper_settings_reuses_the_heterogeneous_records(
+        cifar10_robust: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    m = cifar10_robust
+    args = make_args(m, monkeypatch, "--tuned-tl", "0.2", "--tuned-tau", "0.9")
+    out = tmp_path / "records"
+    het = m.row_config("heterogeneous", args)
+    digest = write_run(m, out / "heterogeneous", het, [3, 1, 4])
+    # another row with other settings is never a twin
+    write_run(m, out / "uniform-tl", m.row_config("uniform-tl", args), [3, 1, 4, 5])
+    tuned = m.row_config("heterogeneous-tuned", args)
+    (out / "heterogeneous-tuned").mkdir()
+    (out / "heterogeneous-tuned" / "records.jsonl").write_text(
+        json.dumps({"index": 1, "settings_hash": digest, "label": 1, "own": True}) + "\n")
+
+    assert m.adopt_twin(tuned, out / "heterogeneous-tuned") == "heterogeneous"
+    assert m.adopt_twin(tuned, out / "heterogeneous-tuned") == "heterogeneous"  # idempotent
+    records = [json.loads(line) for line in (out / "heterogeneous-tuned/records.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in records) == [1, 3, 4]
+    assert [r for r in records if r["index"] == 1][0].get("own")  # its own record is kept, not duplicated
+
+
+def test_tuned_row_with_other_settings_has_no_twin(cifar10_robust: Any, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    m = cifar10_robust
+    args = make_args(m, monkeypatch, "--tuned-tl", "0.3", "--tuned-tau", "0.5")
+    out = tmp_path / "records"
+    write_run(m, out / "heterogeneous", m.row_config("heterogeneous", args), [0, 1])
+    assert m.adopt_twin(m.row_config("heterogeneous-tuned", args), out / "heterogeneous-tuned") is None
+    assert not (out / "heterogeneous-tuned").exists()
+    # a folder holding a run with other settings is left for evaluate to report
+    paper = make_args(m, monkeypatch, "--tuned-tl", "0.2", "--tuned-tau", "0.9")
+    write_run(m, out / "stale", m.row_config("heterogeneous-tuned", args), [0])
+    assert m.adopt_twin(m.row_config("heterogeneous-tuned", paper), out / "stale") is None
