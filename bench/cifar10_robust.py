@@ -389,7 +389,8 @@ def cost_case(row: str, args: argparse.Namespace) -> dict[str, Any]:
         model.generator = g
     attack = PGD(steps=1, eot=a["eot"])
     iteration = best_time(lambda: attack.gradient(model, x, y, cross_entropy), repeats=1)
-    out: dict[str, Any] = {"row": row, "batch": b, "attack_iteration_s_per_image": iteration / b,
+    out: dict[str, Any] = {"row": row, "settings": describe(cfg["defense"]), "batch": b,
+                           "attack_iteration_s_per_image": iteration / b,
                            "eps_calls_per_purification": 0, "eps_calls_per_attack_iteration": 0,
                            "purify_s_per_image": 0.0, "purify_floor_s_per_image": 0.0}
     if purifier is not None:
