@@ -203,13 +203,20 @@ def print_paired(out: Path, rows: list[str]) -> list[dict[str, Any]]:
     results = [r for a, b in wanted if (r := paired(out, a, b))]
     if results:
         print("\npaired comparisons (wins / losses = images only the row / only the reference gets right):")
-        print_table(["defence", "reference", "n", "clean Δ pts", "clean wins/losses", "p", "robust Δ pts",
-                     "robust wins/losses", "p"],
+        def share(c: dict[str, Any]) -> str:
+            if "vote_share_difference" not in c:
+                return "–"
+            return f"{100 * c['vote_share_difference']:+.1f} ± {100 * c['vote_share_se']:.1f}"
+
+        print_table(["defence", "reference", "n", "clean Δ pts", "clean wins/losses", "p", "clean Δ vote share",
+                     "robust Δ pts", "robust wins/losses", "p", "robust Δ vote share"],
                     [[r["row"], r["reference"], r["n"], f"{100 * r['clean']['difference']:+.1f}",
                       f"{r['clean']['wins']}/{r['clean']['losses']}", f"{r['clean']['p_value']:.2g}",
-                      f"{100 * r['robust']['difference']:+.1f}",
-                      f"{r['robust']['wins']}/{r['robust']['losses']}", f"{r['robust']['p_value']:.2g}"]
+                      share(r["clean"]), f"{100 * r['robust']['difference']:+.1f}",
+                      f"{r['robust']['wins']}/{r['robust']['losses']}", f"{r['robust']['p_value']:.2g}",
+                      share(r["robust"])]
                      for r in results])
+        print("(Δ vote share: mean paired difference of the true class's share of the R votes, % ± SE)")
     return results
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +201,19 @@ def test_paired_comparison_counts_discordant_images() -> None:
     assert (c["robust"]["wins"], c["robust"]["losses"]) == (1, 1) and c["robust"]["p_value"] == 1.0
     swapped = paired_comparison(theirs, ours)
     assert swapped["robust"]["wins"] == c["robust"]["losses"]
+    assert "vote_share_difference" not in c["clean"]  # no votes in these records
+
+
+def test_paired_comparison_vote_share_difference_and_standard_error() -> None:
+    def rec(i: int, clean: list[int], adv: list[int]) -> dict:
+        return {"index": i, "label": 1, "clean_prediction": 1, "adversarial_prediction": 0,
+                "clean_votes": clean, "adversarial_votes": adv}
+
+    # true-class shares of 4 votes: ours (3, 2, 4) / 4, theirs (1, 2, 4) / 4 -> differences 0.5, 0, 0
+    ours = [rec(0, [1, 3], [2, 2]), rec(1, [2, 2], [4, 0]), rec(2, [0, 4], [3, 1])]
+    theirs = [rec(0, [3, 1], [2, 2]), rec(1, [2, 2], [4, 0]), rec(2, [0, 4], [3, 1])]
+    c = paired_comparison(ours, theirs)
+    assert c["clean"]["vote_share_difference"] == pytest.approx(1 / 6)
+    assert c["clean"]["vote_share_se"] == pytest.approx(math.sqrt(1 / 12) / math.sqrt(3))  # sd of (.5, 0, 0)
+    assert c["robust"]["vote_share_difference"] == 0.0 and c["robust"]["vote_share_se"] == 0.0
+    assert paired_comparison(theirs, ours)["clean"]["vote_share_difference"] == pytest.approx(-1 / 6)

@@ -172,19 +172,35 @@ def paired_comparison(records: Iterable[dict[str, Any]], reference: Iterable[dic
     For clean and robust (majority-vote) correctness: ``wins`` = images only ``records`` gets right,
     ``losses`` = images only ``reference`` gets right, ``difference`` = (wins − losses) / n and the exact
     McNemar p-value. Pairing removes the between-image variance that two independent intervals carry.
+
+    When both hold the R votes of each image (``clean_votes`` / ``adversarial_votes``), also the mean
+    paired difference of the true class's vote share, ``vote_share_difference`` = mean_i (v_a,i − v_b,i)
+    with v = votes for the label / R, and its standard error ``vote_share_se`` (sample sd / √n). It sees
+    what the majority vote rounds away: a change of a few votes per image, which flips only near-ties.
     """
     a = {int(r["index"]): r for r in records}
     b = {int(r["index"]): r for r in reference}
     common = sorted(set(a) & set(b))
     result: dict[str, Any] = {"n": len(common)}
-    for key, field in (("clean", "clean_prediction"), ("robust", "adversarial_prediction")):
+    for key, field, votes in (("clean", "clean_prediction", "clean_votes"),
+                              ("robust", "adversarial_prediction", "adversarial_votes")):
         ok_a = [a[i][field] == a[i]["label"] for i in common]
         ok_b = [b[i][field] == b[i]["label"] for i in common]
         wins = sum(x and not y for x, y in zip(ok_a, ok_b))
         losses = sum(y and not x for x, y in zip(ok_a, ok_b))
         result[key] = {"wins": wins, "losses": losses, "difference": (wins - losses) / len(common) if common else 0.0,
                        "p_value": mcnemar_p(wins, losses)}
+        if common and all(votes in a[i] and votes in b[i] for i in common):
+            d = [_vote_share(a[i], votes) - _vote_share(b[i], votes) for i in common]
+            mean = sum(d) / len(d)
+            sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1)) if len(d) > 1 else float("nan")
+            result[key].update(vote_share_difference=mean, vote_share_se=sd / math.sqrt(len(d)))
     return result
+
+
+def _vote_share(record: dict[str, Any], votes: str) -> float:
+    counts = record[votes]
+    return counts[int(record["label"])] / max(1, sum(counts))
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
