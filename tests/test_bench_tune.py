@@ -128,3 +128,17 @@ def test_tuned_row_with_other_settings_has_no_twin(cifar10_robust: Any, monkeypa
     paper = make_args(m, monkeypatch, "--tuned-tl", "0.2", "--tuned-tau", "0.9")
     write_run(m, out / "stale", m.row_config("heterogeneous-tuned", args), [0])
     assert m.adopt_twin(m.row_config("heterogeneous-tuned", paper), out / "stale") is None
+
+
+def test_exact_rows_differ_from_their_surrogate_rows_only_in_the_attack_gradient(
+        cifar10_robust: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = cifar10_robust
+    args = make_args(m, monkeypatch, "--eot", "4")
+    for exact, surrogate in (("heterogeneous-exact", "heterogeneous"), ("uniform-tl-exact", "uniform-tl")):
+        a, b = m.row_config(exact, args), m.row_config(surrogate, args)
+        assert a["defense"] == b["defense"] and a["data"] == b["data"]
+        assert (a["attack"]["gradient"], a["attack"]["eot"]) == ("exact", 2)
+        assert (b["attack"]["gradient"], b["attack"]["eot"]) == ("surrogate", 4)
+    assert m.row_config("uniform-tl-exact", args)["defense"]["t_star"] == m.T_L
+    with pytest.raises(SystemExit, match="unknown row"):
+        m.row_config("uniform-ts-exact", args)
