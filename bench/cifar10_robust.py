@@ -94,7 +94,7 @@ def adopt_twin(cfg: dict[str, Any], folder: Path) -> str | None:
     computes only images the sibling lacks. Returns the sibling's name, or None when there is none (or
     ``folder`` already holds a run with other settings, which ``evaluate`` reports).
     """
-    from hetpure.evaluate import read_records, resolve_config, settings_hash
+    from hetpure.evaluate import append_records, read_records, resolve_config, settings_hash
 
     def hash_of(path: Path) -> str | None:
         return json.loads(path.read_text()).get("settings_hash") if path.exists() else None
@@ -106,12 +106,11 @@ def adopt_twin(cfg: dict[str, Any], folder: Path) -> str | None:
         if hash_of(other / "config.json") != digest or not (other / "records.jsonl").exists():
             continue
         mine = folder / "records.jsonl"
-        have = {r["index"] for r in read_records(mine) if r.get("settings_hash") == digest} if mine.exists() else set()
+        have = {r["index"] for r in read_records(mine) if r.get("settings_hash") == digest}
         new = [r for r in read_records(other / "records.jsonl")
                if r.get("settings_hash") == digest and r["index"] not in have]
         folder.mkdir(parents=True, exist_ok=True)
-        with mine.open("a") as f:
-            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in new)
+        append_records(mine, new)
         print(f"{folder.name}: same settings as {other.name}; reused {len(new)} of its records", flush=True)
         return other.name
     return None
