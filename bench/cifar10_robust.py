@@ -20,7 +20,8 @@ defended evaluation of each adversarial image (``--worst-case-k 3`` adds the wor
 A row whose settings equal another row's (the tuned row, when tuning selects the paper's settings) reuses
 that row's records instead of recomputing them (``records_from`` in the JSON).
 The heterogeneous-exact row attacks through the defence's own S = 100 sampler with per-step
-checkpointing.
+checkpointing. The prefix-protocol row reproduces the authors' evaluation script before its commit fbb99ce:
+PGD-EOT crafted through heterogeneous purification (S = 10 surrogate), scored on uniform t* = t_s.
 
 Writes docs/results/cifar10_robust.json (the table as data) and prints the table in Markdown.
 """
@@ -39,7 +40,7 @@ from hetpure.evaluate import evaluate
 
 T_S, T_L, TAU, U = 0.1, 0.2, 0.9, 3
 ROWS = ("none", "uniform-ts", "uniform-tl", "heterogeneous", "heterogeneous-tuned", "heterogeneous-graded",
-        "heterogeneous-exact", "uniform-tl-exact")
+        "heterogeneous-exact", "uniform-tl-exact", "prefix-protocol")
 
 
 def base_config(args: argparse.Namespace, split: str, n: int) -> dict[str, Any]:
@@ -71,6 +72,10 @@ def row_config(row: str, args: argparse.Namespace, split: str = "test", n: int |
         d.update(t_l=args.tuned_tl, tau=args.tuned_tau)
     elif row == "heterogeneous-graded":
         d.update(t_l=args.tuned_tl, levels="graded", tau_lo=args.graded_lo, tau_hi=args.graded_hi)
+    elif row == "prefix-protocol":  # the authors' ddp_test.py before fbb99ce: attack heterogeneous, score uniform t_s
+        cfg["defense"] = {"method": "uniform", "t_star": T_S, "ddim_steps": d["ddim_steps"], "runs": d["runs"]}
+        cfg["attack"]["through"] = {"method": "heterogeneous", "t_s": T_S, "t_l": T_L, "tau": TAU,
+                                    "resample_steps": U}
     elif row not in ("heterogeneous", "heterogeneous-exact"):
         sys.exit(f"unknown row {row!r}; choose from {ROWS}")
     if row.endswith("-exact"):  # the defence's own sampler, differentiated end to end; half the EOT samples
@@ -149,7 +154,7 @@ def table(args: argparse.Namespace) -> None:
         a = s["config"]["attack"]
         ci, cci = s["robust_accuracy_ci95"], s["clean_accuracy_ci95"]
         d = s["config"]["defense"]
-        setting = describe(d)
+        setting = describe(d) + (f" (attacked: {describe(a['through'])})" if a.get("through") else "")
         rows.append([row, setting, s["n"], f"{pct(s['clean_accuracy'])} ({pct(cci[0])}–{pct(cci[1])})",
                      f"{pct(s['robust_accuracy'])} ({pct(ci[0])}–{pct(ci[1])})",
                      pct(s["robust_accuracy_worst_case"]), s["eps_calls"]["defence_per_purification"],
@@ -160,6 +165,7 @@ def table(args: argparse.Namespace) -> None:
             "robust_accuracy_worst_case": s["robust_accuracy_worst_case"], "n": s["n"],
             "attack": {k: a[k] for k in ("name", "norm", "eps", "step_size", "steps", "eot", "gradient",
                                          "surrogate_ddim_steps")},
+            **({"attacked_through": a["through"]} if a.get("through") else {}),
             "eps_calls": s["eps_calls"], "seconds_per_image": s["seconds_per_image"], "machine": s["machine"],
             "finished": s["finished"], **({"records_from": twin} if twin else {}),
         })
@@ -194,7 +200,8 @@ PAIRS = (("uniform-ts", "uniform-tl"), ("heterogeneous", "uniform-tl"), ("hetero
          ("heterogeneous-tuned", "uniform-tl"), ("heterogeneous-tuned", "heterogeneous"),
          ("heterogeneous-graded", "uniform-tl"), ("heterogeneous-graded", "heterogeneous"),
          ("heterogeneous-exact", "heterogeneous"), ("uniform-tl-exact", "uniform-tl"),
-         ("heterogeneous-exact", "uniform-tl-exact"))
+         ("heterogeneous-exact", "uniform-tl-exact"), ("prefix-protocol", "uniform-ts"),
+         ("prefix-protocol", "heterogeneous"))
 
 
 def print_paired(out: Path, rows: list[str]) -> list[dict[str, Any]]:

@@ -217,3 +217,46 @@ def test_paired_comparison_vote_share_difference_and_standard_error() -> None:
     assert c["clean"]["vote_share_se"] == pytest.approx(math.sqrt(1 / 12) / math.sqrt(3))  # sd of (.5, 0, 0)
     assert c["robust"]["vote_share_difference"] == 0.0 and c["robust"]["vote_share_se"] == 0.0
     assert paired_comparison(theirs, ours)["clean"]["vote_share_difference"] == pytest.approx(-1 / 6)
+
+
+def test_attack_through_resolves_over_the_defence(assets: Path, tmp_path: Path) -> None:
+    """attack.through: keys it omits keep the defence's values; equal to the defence means no transfer."""
+    cfg = resolve_config(config(assets, tmp_path, attack={"through": {"method": "uniform", "t_star": 0.2}}))
+    through = cfg["attack"]["through"]
+    assert through["method"] == "uniform" and through["t_star"] == 0.2
+    assert through["ddim_steps"] == cfg["defense"]["ddim_steps"] == 20
+    same = resolve_config(config(assets, tmp_path, attack={"through": {"method": "heterogeneous", "tau": 0.5}}))
+    assert same["attack"]["through"] is None
+    with pytest.raises(ConfigError, match="attack.through.t_lx"):
+        resolve_config(config(assets, tmp_path, attack={"through": {"t_lx": 0.2}}))
+    with pytest.raises(ConfigError, match="attack.through must be a mapping"):
+        resolve_config(config(assets, tmp_path, attack={"through": "heterogeneous"}))
+    with pytest.raises(ConfigError, match="attack.through.method"):
+        resolve_config(config(assets, tmp_path, attack={"through": {"method": "sde"}}))
+
+
+def test_transfer_evaluation_attacks_one_pipeline_and_scores_another(assets: Path, tmp_path: Path) -> None:
+    """Crafted through heterogeneous, scored on uniform: the adversarial examples are exactly those of the
+    heterogeneous run (same attack stream), the clean predictions exactly those of the uniform run, and the
+    summary names both pipelines first."""
+    uniform = {"method": "uniform", "t_star": 0.1, "ddim_steps": 20, "runs": 2}
+    hetero = {"method": "heterogeneous", "t_s": 0.1, "t_l": 0.2, "tau": 0.5, "ddim_steps": 20, "runs": 2}
+    het = read_records_of(evaluate(config(assets, tmp_path / "het", defense=hetero)), tmp_path / "het")
+    uni = read_records_of(evaluate(config(assets, tmp_path / "uni", defense=uniform)), tmp_path / "uni")
+    out = tmp_path / "transfer"
+    summary = evaluate(config(assets, out, defense=uniform, attack={"through": hetero}))
+    tr = read_records_of(summary, out)
+    assert [r["perturbation_l2"] for r in tr] == [r["perturbation_l2"] for r in het]
+    assert [r["clean_votes"] for r in tr] == [r["clean_votes"] for r in uni]
+    assert summary["pipelines"] == {"attacked": "heterogeneous t_s 0.1 / t_l 0.2, τ 0.5, U 3, S = 10",
+                                    "evaluated": "uniform t* = 0.1, S = 20", "transfer": True}
+    assert summary["eps_calls"]["attack_per_forward_pass"] == 2  # heterogeneous at S = 10, not uniform's 1
+    assert summary["eps_calls"]["defence_per_purification"] == 2
+    lines = (out / "summary.md").read_text().splitlines()
+    assert lines[2].startswith("**Transfer evaluation")
+    assert "attacked: heterogeneous t_s 0.1 / t_l 0.2" in lines[4] and "evaluated: uniform t* = 0.1" in lines[5]
+    assert summary["settings_hash"] != json.loads((tmp_path / "uni" / "config.json").read_text())["settings_hash"]
+
+
+def read_records_of(summary: dict, out: Path) -> list[dict]:
+    return sorted(read_records(out / "records.jsonl"), key=lambda r: r["index"])

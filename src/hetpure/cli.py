@@ -35,6 +35,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not summary:  # a non-zero rank of a distributed run
         return 0
     out = summary["config"]["run"]["out"]
+    pipes = summary.get("pipelines", {})
+    if pipes.get("transfer"):
+        calls = summary["eps_calls"]
+        print(f"TRANSFER EVALUATION — attacked: {pipes['attacked']} ({calls['attack_per_forward_pass']} ε-calls); "
+              f"evaluated: {pipes['evaluated']} ({calls['defence_per_purification']} ε-calls)")
     print(f"clean accuracy {summary['clean_accuracy']:.4f}, robust accuracy {summary['robust_accuracy']:.4f} "
           f"(worst case of {summary['worst_case_k']}: {summary['robust_accuracy_worst_case']:.4f}), n={summary['n']}")
     print(f"outputs: {out}/summary.md, {out}/summary.json, {out}/records.jsonl")

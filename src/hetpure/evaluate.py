@@ -38,6 +38,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "name": "pgd", "norm": "linf", "eps": None, "step_size": None, "steps": 40, "eot": 1,
         "gradient": "surrogate", "surrogate_ddim_steps": 10, "random_start": False, "eot_batch": 256,
         "mask_mode": "restrict", "attention_weight": 0.0, "grid": 8, "upsample": "bilinear",
+        "through": None,
     },
     "run": {
         "batch_size": 16, "device": "cpu", "seed": 0, "out": "runs/eval", "worst_case_k": 10,
@@ -98,8 +99,32 @@ def resolve_config(config: dict[str, Any], overrides: dict[str, dict[str, Any]] 
                 resolved[section][key] = value
             if section == "defense" and "tau" in values and "top_p" not in values:
                 resolved["defense"]["top_p"] = None  # a later τ replaces an earlier top-p (which would win)
+    resolved["attack"]["through"] = _resolve_through(resolved["attack"]["through"], resolved["defense"])
     _validate(resolved)
     return resolved
+
+
+def _resolve_through(through: Any, defense: dict[str, Any]) -> dict[str, Any] | None:
+    """The pipeline the attack differentiates: ``attack.through`` merged over the defence (None = the defence).
+
+    ``attack.through`` takes the keys of ``defense``; a key it does not name keeps the defence's value, so
+    ``through: {method: heterogeneous}`` attacks the heterogeneous twin of a uniform defence. A through
+    pipeline equal to the defence is the ordinary (non-transfer) evaluation and resolves to None.
+    """
+    if through is None:
+        return None
+    if not isinstance(through, dict):
+        raise ConfigError(
+            "attack.through must be a mapping with the keys of the defense section "
+            f"(e.g. {{method: heterogeneous, t_s: 0.1, t_l: 0.2}}), got {through!r}"
+        )
+    unknown = sorted(set(through) - set(DEFAULTS["defense"]))
+    if unknown:
+        raise ConfigError(f"unknown key attack.through.{unknown[0]}; allowed keys: {sorted(DEFAULTS['defense'])}")
+    merged = {**defense, **through}
+    if "tau" in through and "top_p" not in through:
+        merged["top_p"] = None
+    return None if merged == defense else merged
 
 
 def _validate(cfg: dict[str, Any]) -> None:
@@ -107,11 +132,12 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("data.name is required (cifar10, imagefolder, svhn, imagenet, mnist5k)")
     if not cfg["classifier"]["name"]:
         raise ConfigError("classifier.name is required (see hetpure.list_classifiers())")
-    method = cfg["defense"]["method"]
-    if method not in ("none", "uniform", "heterogeneous"):
-        raise ConfigError(f"defense.method must be none, uniform or heterogeneous, got {method!r}")
-    if method != "none" and not cfg["diffusion"]["path"]:
-        raise ConfigError("diffusion.path is required for a purification defence")
+    for prefix, section in (("defense", cfg["defense"]), ("attack.through", cfg["attack"]["through"])):
+        method = None if section is None else section["method"]
+        if section is not None and method not in ("none", "uniform", "heterogeneous"):
+            raise ConfigError(f"{prefix}.method must be none, uniform or heterogeneous, got {method!r}")
+        if method not in (None, "none") and not cfg["diffusion"]["path"]:
+            raise ConfigError(f"diffusion.path is required for a purification pipeline ({prefix}.method {method})")
     if cfg["attack"]["name"] not in ATTACKS:
         raise ConfigError(f"attack.name must be one of {ATTACKS}, got {cfg['attack']['name']!r}")
     if cfg["attack"]["gradient"] not in GRADIENTS:
@@ -132,6 +158,8 @@ def settings_hash(cfg: dict[str, Any]) -> str:
     finished images; the summary counts only the records of the current subset.
     """
     hashed = {k: v for k, v in cfg.items() if k not in ("run", "data")}
+    if cfg["attack"].get("through") is None:  # runs made before attack.through existed keep their hash
+        hashed["attack"] = {k: v for k, v in cfg["attack"].items() if k != "through"}
     hashed["data"] = {k: v for k, v in cfg["data"].items() if k != "n"}
     hashed["run"] = {k: v for k, v in cfg["run"].items() if k not in _RUN_KEYS_NOT_HASHED}
     return hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -258,6 +286,42 @@ def build_components(cfg: dict[str, Any], device: torch.device) -> tuple[Any, nn
     return dataset, classifier, purifier
 
 
+def attacked_purifier(cfg: dict[str, Any], classifier: nn.Module, purifier: Purifier | None,
+                      device: torch.device) -> Purifier | None:
+    """The purifier the attack differentiates: ``purifier`` itself unless ``attack.through`` names another
+    pipeline (a transfer evaluation: craft the examples on one defence, score them on another)."""
+    through = cfg["attack"]["through"]
+    if through is None:
+        return purifier
+    if through["method"] == "none":
+        return None
+    if purifier is not None:
+        eps_model = purifier.eps_model
+    else:
+        from .models.fast import accelerate
+
+        eps_model = accelerate(_load_eps(cfg["diffusion"]).to(device).eval(), **(cfg["diffusion"]["accelerate"] or {}))
+    return purifier_from_config(eps_model, classifier, through["method"], purify_config(through),
+                                cfg["classifier"]["mask_layers"])
+
+
+def describe_pipeline(defense: dict[str, Any], ddim_steps: int | None = None) -> str:
+    """One line naming a defence's method and levels, e.g. ``heterogeneous t_s 0.1 / t_l 0.2, τ 0.9, U 3, S = 10``."""
+    method = defense["method"]
+    if method == "none":
+        return "none (the bare classifier)"
+    steps = ddim_steps or defense["ddim_steps"]
+    if method == "uniform":
+        sampler = "" if defense.get("sampler", "ddim") == "ddim" else f", {defense['sampler']}"
+        return f"uniform t* = {defense['t_star']}{sampler}, S = {steps}"
+    if defense.get("levels") == "graded":
+        select = f"graded τ {defense['tau_lo']}–{defense['tau_hi']}"
+    else:
+        select = f"top-p {defense['top_p']}" if defense.get("top_p") is not None else f"τ {defense['tau']}"
+    return (f"heterogeneous t_s {defense['t_s']} / t_l {defense['t_l']}, {select}, "
+            f"U {defense['resample_steps']}, S = {steps}")
+
+
 def _load_eps(diffusion: dict[str, Any]) -> nn.Module:
     from .models.loading import load_eps_model
 
@@ -288,8 +352,9 @@ class _Evaluator:
     """Per-batch computation shared by the main loop and the sanity checks."""
 
     def __init__(self, cfg: dict[str, Any], classifier: nn.Module, purifier: Purifier | None,
-                 device: torch.device) -> None:
+                 device: torch.device, attacked: Purifier | None = None) -> None:
         self.cfg, self.classifier, self.purifier, self.device = cfg, classifier, purifier, device
+        self.attacked = purifier if cfg["attack"]["through"] is None else attacked
         self.runs = purifier.config.runs if purifier is not None else 1
 
     def labels(self, x: Tensor, evaluations: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -312,7 +377,7 @@ class _Evaluator:
         if attack is None:
             return x, 0
         model = defended_model(
-            None if changes.get("undefended") else self.purifier, self.classifier, a["gradient"],
+            None if changes.get("undefended") else self.attacked, self.classifier, a["gradient"],
             a["surrogate_ddim_steps"],
         )
         if hasattr(model, "generator"):
@@ -357,7 +422,7 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     dist.barrier()
 
     dataset, classifier, purifier = components if components is not None else build_components(cfg, device)
-    ev = _Evaluator(cfg, classifier, purifier, device)
+    ev = _Evaluator(cfg, classifier, purifier, device, attacked_purifier(cfg, classifier, purifier, device))
     positions = list(range(len(dataset)))
     indices = [int(i) for i in getattr(dataset, "indices", positions)]
     if len(indices) != len(positions):
@@ -401,7 +466,7 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     if dist.is_main:
         records = [r for r in _merge(out, digest, dist.world_size) if int(r["index"]) in wanted]
         sanity_report = _sanity(ev, dataset, cfg) if cfg["run"]["sanity"] else None
-        summary = _summarise(cfg, digest, records, stats, purifier, sanity_report, device)
+        summary = _summarise(cfg, digest, records, stats, purifier, sanity_report, device, ev.attacked)
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (out / "summary.md").write_text(_summary_markdown(summary))
     dist.barrier()
@@ -487,20 +552,23 @@ def _mean(values: list[float]) -> float | None:
 
 def _summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], stats: dict[str, Any],
                purifier: Purifier | None, sanity_report: dict[str, Any] | None,
-               device: torch.device) -> dict[str, Any]:
+               device: torch.device, attacked: Purifier | None = None) -> dict[str, Any]:
     from . import __version__
+
+    attacked = purifier if cfg["attack"]["through"] is None else attacked
 
     n = len(records)
     clean = sum(r["clean_prediction"] == r["label"] for r in records)
     robust = sum(r["adversarial_prediction"] == r["label"] for r in records)
     worst = sum(r["worst_case_correct"] == r["worst_case_k"] for r in records)
     a = cfg["attack"]
-    if purifier is None:
-        defence_calls = attack_calls = 0
-    else:
-        defence_calls = purifier.eps_calls()
-        attack_calls = {"surrogate": purifier.eps_calls(a["surrogate_ddim_steps"]), "exact": defence_calls,
+    defence_calls = purifier.eps_calls() if purifier is not None else 0
+    attack_calls = 0
+    if attacked is not None:
+        attack_calls = {"surrogate": attacked.eps_calls(a["surrogate_ddim_steps"]), "exact": attacked.eps_calls(),
                         "bpda": 0}[a["gradient"]]
+    through = a["through"] or cfg["defense"]
+    attacked_steps = a["surrogate_ddim_steps"] if a["gradient"] == "surrogate" else None
     passes = 0 if a["name"] == "none" else (1 if a["name"] == "fgsm" else a["steps"]) * a["eot"]
     summary = {
         "n": n,
@@ -511,12 +579,17 @@ def _summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], 
         "robust_accuracy_worst_case": worst / n if n else math.nan,
         "robust_accuracy_worst_case_ci95": wilson_interval(worst, n),
         "worst_case_k": cfg["run"]["worst_case_k"],
+        "pipelines": {
+            "attacked": describe_pipeline(through, attacked_steps if through["method"] != "none" else None),
+            "evaluated": describe_pipeline(cfg["defense"]),
+            "transfer": a["through"] is not None,
+        },
         "votes_per_evaluation": purifier.config.runs if purifier is not None else 1,
         "eps_calls": {
             "attack_per_forward_pass": attack_calls,
             "defence_per_purification": defence_calls,
             "attack_per_image": attack_calls * passes,
-            "attack_gradient": a["gradient"] if purifier is not None else "classifier",
+            "attack_gradient": a["gradient"] if attacked is not None else "classifier",
         },
         "seconds_per_image": _mean([r["seconds"] for r in records if "seconds" in r]),
         "seconds_per_image_this_session": stats["seconds"] / stats["images"] if stats["images"] else None,
@@ -545,9 +618,18 @@ def _summary_markdown(s: dict[str, Any]) -> str:
     cci = s["clean_accuracy_ci95"]
     calls = s["eps_calls"]
     spi = s["seconds_per_image"]
-    lines = [
-        "# hetpure evaluation summary",
-        "",
+    lines = ["# hetpure evaluation summary", ""]
+    pipes = s.get("pipelines")
+    if pipes and pipes["transfer"]:
+        lines += [
+            "**Transfer evaluation: the attack differentiated another pipeline than the one evaluated.** "
+            "Robust accuracy here is that of transferred examples, not of an adaptive attack on the defence.",
+            "",
+            f"- attacked: {pipes['attacked']} ({calls['attack_per_forward_pass']} ε-calls per forward pass)",
+            f"- evaluated: {pipes['evaluated']} ({calls['defence_per_purification']} ε-calls per purification)",
+            "",
+        ]
+    lines += [
         "| metric | value | 95% CI |",
         "|---|---|---|",
         f"| n | {s['n']} | |",
