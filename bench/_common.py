@@ -18,6 +18,7 @@ def shared_dir() -> Path:
         root = (REPO / root).resolve()
     if not root.is_dir():
         sys.exit(f"benchmarks read models and data from ../shared; {root} is missing (set HETPURE_SHARED)")
+    os.environ["HETPURE_SHARED"] = str(root)  # run folders then record $HETPURE_SHARED/… instead of this machine's path
     return root
 
 

@@ -23,6 +23,12 @@ def cifar10_robust(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     monkeypatch.setattr(module, "REPO", tmp_path)
     monkeypatch.setattr(module, "shared_dir", lambda: tmp_path / "shared")
     (tmp_path / "docs/results").mkdir(parents=True)
+    from PIL import Image
+
+    for split in ("test", "train"):  # a two-image stand-in for the shared CIFAR-10 tree (run identities read it)
+        for i, cls in enumerate(("airplane", "ship")):
+            (tmp_path / "shared/data/cifar10" / split / cls).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / "shared/data/cifar10" / split / cls / "0.png")
     return module
 
 

@@ -16,6 +16,8 @@ def _load_yaml(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.exists():
         raise HetpureError(f"config file {path} does not exist")
+    if file.is_dir():
+        raise HetpureError(f"{path} is a folder; give the YAML config file (e.g. configs/cifar10-hetero.yaml)")
     try:
         data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
@@ -34,7 +36,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     summary = evaluate(_load_yaml(args.config), overrides, sanity=True if args.sanity else None)
     if not summary:  # a non-zero rank of a distributed run
         return 0
-    out = summary["config"]["run"]["out"]
+    out = overrides.get("run", {}).get("out") or summary["config"]["run"]["out"]
     pipes = summary.get("pipelines", {})
     if pipes.get("transfer"):
         calls = summary["eps_calls"]

@@ -13,3 +13,7 @@ class ConfigError(HetpureError):
 
 class CheckpointError(HetpureError):
     """A checkpoint file that is missing, unsafe to load, or whose keys do not match the model."""
+
+
+class RecordsError(HetpureError):
+    """A run folder whose records cannot be trusted (a corrupt line, another run writing into it)."""

@@ -8,9 +8,8 @@ prediction) and worst case (correct in every one of K independent defended evalu
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -24,149 +23,56 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attacks import ATTACKS, GRADIENTS, defended_model, make_attack
-from .errors import ConfigError, HetpureError
-from .purify import Purifier, PurifyConfig, purifier_from_config
+from .attacks import defended_model, make_attack
+from .config_schema import DEFAULTS, parse_set, purify_config, resolve_config
+from .devices import freeze
+from .distributed import teardown_on_exit
+from .errors import ConfigError, HetpureError, RecordsError
+from .identity import (
+    dataset_fingerprint,
+    identity_diff,
+    identity_hash,
+    module_digest,
+    path_digest,
+    portable_config,
+    run_identity,
+)
+from .purify import Purifier, eps_calls, purifier_from_config
+from .records import RunLock, append_records, read_records, repair_tail, write_json_atomic
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {"name": None, "root": None, "split": "test", "n": None, "seed": 0, "download": False, "options": None},
-    "classifier": {"name": None, "path": None, "trust_pickle": False, "mask_layers": None, "options": None},
-    "diffusion": {"kind": "diffusers", "path": None, "config": None, "dtype": None, "trust_pickle": False,
-                  "accelerate": None},
-    "defense": {"method": "heterogeneous", **PurifyConfig().to_dict()},
-    "attack": {
-        "name": "pgd", "norm": "linf", "eps": None, "step_size": None, "steps": 40, "eot": 1,
-        "gradient": "surrogate", "surrogate_ddim_steps": 10, "random_start": False, "eot_batch": 256,
-        "mask_mode": "restrict", "attention_weight": 0.0, "grid": 8, "upsample": "bilinear",
-        "through": None,
-    },
-    "run": {
-        "batch_size": 16, "device": "cpu", "seed": 0, "out": "runs/eval", "worst_case_k": 10,
-        "save_images": True, "sanity": False, "sanity_n": 16, "strict": False, "progress": True,
-    },
-}
-# run keys that do not change results: they stay out of the settings hash
-_RUN_KEYS_NOT_HASHED = ("out", "progress", "save_images", "sanity", "sanity_n", "strict", "device")
-
-
-# --------------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------------
+__all__ = [
+    "DEFAULTS", "append_records", "attacked_purifier", "build_components", "build_dataset", "build_models",
+    "describe_pipeline", "evaluate", "identity_of", "mcnemar_p", "paired_comparison", "parse_set", "purify_config",
+    "read_records", "resolve_config", "settings_hash", "wilson_interval",
+]
 
 
-def parse_set(assignments: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Parse ``section.key=value`` overrides (values as YAML scalars) into a nested dict."""
-    import yaml
 
-    out: dict[str, dict[str, Any]] = {}
-    for item in assignments:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        dotted, raw = item.split("=", 1)
-        section, key = dotted.split(".", 1)
-        out.setdefault(section, {})[key] = yaml.safe_load(raw) if raw != "" else None
-    return out
+def settings_hash(cfg: dict[str, Any], dataset: Any = None, classifier: nn.Module | None = None,
+                  eps_model: nn.Module | None = None) -> str:
+    """The run identity's hash (:mod:`hetpure.identity`) of a resolved config.
 
-
-def resolve_config(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Merge a user config (and overrides) over the defaults; unknown sections or keys are errors.
-
-    A top-level ``preset: <name>`` (see :mod:`hetpure.presets`) is merged first, under the config's sections.
+    Reads the dataset's files and the checkpoints' bytes (digests are cached); in-memory ``dataset``,
+    ``classifier`` or ``eps_model`` replace what the config names. ``data.n`` is not part of it: the subset
+    of ``n`` images is the first ``n`` of one seeded permutation and each batch's random streams depend only
+    on the batch index, so a run can grow (``n`` 64 → 256) and keep its finished images.
     """
-    if not isinstance(config, dict):
-        raise ConfigError("an evaluation config must be a mapping of sections (data, classifier, ...)")
-    resolved = copy.deepcopy(DEFAULTS)
-    config = dict(config)
-    sources: list[dict[str, Any]] = []
-    if config.get("preset") is not None:
-        from .presets import get_preset
-
-        sources.append(get_preset(str(config["preset"])))
-    config.pop("preset", None)
-    for source in (*sources, config, overrides or {}):
-        for section, values in source.items():
-            if section not in DEFAULTS:
-                raise ConfigError(f"unknown config section {section!r}; allowed: {sorted(DEFAULTS)}")
-            if values is None:
-                continue
-            if not isinstance(values, dict):
-                raise ConfigError(f"config section {section!r} must be a mapping, got {type(values).__name__}")
-            for key, value in values.items():
-                if key not in DEFAULTS[section]:
-                    raise ConfigError(
-                        f"unknown key {section}.{key}; allowed keys of {section}: {sorted(DEFAULTS[section])}"
-                    )
-                resolved[section][key] = value
-            if section == "defense" and "tau" in values and "top_p" not in values:
-                resolved["defense"]["top_p"] = None  # a later τ replaces an earlier top-p (which would win)
-    resolved["attack"]["through"] = _resolve_through(resolved["attack"]["through"], resolved["defense"])
-    _validate(resolved)
-    return resolved
+    return identity_hash(identity_of(cfg, dataset, classifier, eps_model))
 
 
-def _resolve_through(through: Any, defense: dict[str, Any]) -> dict[str, Any] | None:
-    """The pipeline the attack differentiates: ``attack.through`` merged over the defence (None = the defence).
-
-    ``attack.through`` takes the keys of ``defense``; a key it does not name keeps the defence's value, so
-    ``through: {method: heterogeneous}`` attacks the heterogeneous twin of a uniform defence. A through
-    pipeline equal to the defence is the ordinary (non-transfer) evaluation and resolves to None.
-    """
-    if through is None:
-        return None
-    if not isinstance(through, dict):
-        raise ConfigError(
-            "attack.through must be a mapping with the keys of the defense section "
-            f"(e.g. {{method: heterogeneous, t_s: 0.1, t_l: 0.2}}), got {through!r}"
-        )
-    unknown = sorted(set(through) - set(DEFAULTS["defense"]))
-    if unknown:
-        raise ConfigError(f"unknown key attack.through.{unknown[0]}; allowed keys: {sorted(DEFAULTS['defense'])}")
-    merged = {**defense, **through}
-    if "tau" in through and "top_p" not in through:
-        merged["top_p"] = None
-    return None if merged == defense else merged
-
-
-def _validate(cfg: dict[str, Any]) -> None:
-    if not cfg["data"]["name"]:
-        raise ConfigError("data.name is required (cifar10, imagefolder, svhn, imagenet, mnist5k)")
-    if not cfg["classifier"]["name"]:
-        raise ConfigError("classifier.name is required (see hetpure.list_classifiers())")
-    for prefix, section in (("defense", cfg["defense"]), ("attack.through", cfg["attack"]["through"])):
-        method = None if section is None else section["method"]
-        if section is not None and method not in ("none", "uniform", "heterogeneous"):
-            raise ConfigError(f"{prefix}.method must be none, uniform or heterogeneous, got {method!r}")
-        if method not in (None, "none") and not cfg["diffusion"]["path"]:
-            raise ConfigError(f"diffusion.path is required for a purification pipeline ({prefix}.method {method})")
-    if cfg["attack"]["name"] not in ATTACKS:
-        raise ConfigError(f"attack.name must be one of {ATTACKS}, got {cfg['attack']['name']!r}")
-    if cfg["attack"]["gradient"] not in GRADIENTS:
-        raise ConfigError(f"attack.gradient must be one of {GRADIENTS}, got {cfg['attack']['gradient']!r}")
-    run = cfg["run"]
-    for key in ("batch_size", "worst_case_k", "sanity_n"):
-        if not isinstance(run[key], int) or run[key] < 1:
-            raise ConfigError(f"run.{key} must be a positive integer, got {run[key]!r}")
-    if not run["out"]:
-        raise ConfigError("run.out (the output folder) is required")
-
-
-def settings_hash(cfg: dict[str, Any]) -> str:
-    """Hash of everything that changes a record (not the output folder or display options).
-
-    ``data.n`` is left out: the subset of ``n`` images is the first ``n`` of one seeded permutation and each
-    batch's random streams depend only on the batch index, so a run can grow (``n`` 64 → 256) and keep its
-    finished images; the summary counts only the records of the current subset.
-    """
-    hashed = {k: v for k, v in cfg.items() if k not in ("run", "data")}
-    if cfg["attack"].get("through") is None:  # runs made before attack.through existed keep their hash
-        hashed["attack"] = {k: v for k, v in cfg["attack"].items() if k != "through"}
-    hashed["data"] = {k: v for k, v in cfg["data"].items() if k != "n"}
-    hashed["run"] = {k: v for k, v in cfg["run"].items() if k not in _RUN_KEYS_NOT_HASHED}
-    return hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def purify_config(defense: dict[str, Any]) -> PurifyConfig:
-    return PurifyConfig.from_dict({k: v for k, v in defense.items() if k != "method"})
+def identity_of(cfg: dict[str, Any], dataset: Any = None, classifier: nn.Module | None = None,
+                eps_model: nn.Module | None = None) -> dict[str, Any]:
+    """The run identity of a resolved config (see :func:`hetpure.identity.run_identity`)."""
+    if dataset is None:  # the whole split: its fingerprint does not depend on n
+        dataset = build_dataset({**cfg, "data": {**cfg["data"], "n": None}})
+    diffusion = cfg["diffusion"]
+    config_file = diffusion.get("config")
+    return run_identity(
+        cfg, dataset_fingerprint(dataset),
+        module_digest(classifier) if classifier is not None else path_digest(cfg["classifier"]["path"]),
+        module_digest(eps_model) if eps_model is not None else path_digest(diffusion["path"]),
+        path_digest(config_file) if isinstance(config_file, str) else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,43 +137,26 @@ def _vote_share(record: dict[str, Any], votes: str) -> float:
     return counts[int(record["label"])] / max(1, sum(counts))
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL records file, repairing a torn last line left by a kill mid-write."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as fh:
-            fh.truncate(cut)
-        data = data[:cut]
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-
-
-def append_records(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append whole lines in one write, flushed and synced, so a kill loses at most this batch."""
-    payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 # --------------------------------------------------------------------------------------------------
 # Components
 # --------------------------------------------------------------------------------------------------
 
 
-def build_components(cfg: dict[str, Any], device: torch.device) -> tuple[Any, nn.Module, Purifier | None]:
-    """Dataset, classifier and purifier of a resolved config."""
+def build_dataset(cfg: dict[str, Any]) -> Any:
+    """The dataset (subset) of a resolved config: cheap, no model is loaded."""
     from .data import load_dataset
-    from .models.registry import load_classifier
 
     d = cfg["data"]
     extra = dict(d["options"] or {})
     if d["download"]:
         extra["download"] = True
-    dataset = load_dataset(d["name"], root=d["root"], split=d["split"], n=d["n"], seed=d["seed"], **extra)
+    return load_dataset(d["name"], root=d["root"], split=d["split"], n=d["n"], seed=d["seed"], **extra)
+
+
+def build_models(cfg: dict[str, Any], device: torch.device) -> tuple[nn.Module, Purifier | None]:
+    """Classifier and purifier of a resolved config, on ``device``, parameters frozen."""
+    from .models.registry import load_classifier
+
     c = cfg["classifier"]
     classifier = load_classifier(c["name"], path=c["path"], trust_pickle=c["trust_pickle"], **(c["options"] or {}))
     classifier = classifier.to(device).eval()
@@ -276,14 +165,16 @@ def build_components(cfg: dict[str, Any], device: torch.device) -> tuple[Any, nn
         from .models.fast import accelerate
 
         eps_model = _load_eps(cfg["diffusion"]).to(device).eval()
-        speedups = cfg["diffusion"]["accelerate"] or {}
-        if not isinstance(speedups, dict):
-            raise ConfigError("diffusion.accelerate must be a mapping such as {channels_last: true}")
-        eps_model = accelerate(eps_model, **speedups)
+        eps_model = accelerate(eps_model, **(cfg["diffusion"]["accelerate"] or {}))
         purifier = purifier_from_config(
             eps_model, classifier, cfg["defense"]["method"], purify_config(cfg["defense"]), c["mask_layers"]
         )
-    return dataset, classifier, purifier
+    return classifier, purifier
+
+
+def build_components(cfg: dict[str, Any], device: torch.device) -> tuple[Any, nn.Module, Purifier | None]:
+    """Dataset, classifier and purifier of a resolved config."""
+    return (build_dataset(cfg), *build_models(cfg, device))
 
 
 def attacked_purifier(cfg: dict[str, Any], classifier: nn.Module, purifier: Purifier | None,
@@ -356,6 +247,7 @@ class _Evaluator:
         self.cfg, self.classifier, self.purifier, self.device = cfg, classifier, purifier, device
         self.attacked = purifier if cfg["attack"]["through"] is None else attacked
         self.runs = purifier.config.runs if purifier is not None else 1
+        freeze(classifier, purifier, self.attacked)  # attacks need input gradients only, never weight gradients
 
     def labels(self, x: Tensor, evaluations: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(majority label (E, B), vote counts (E, B, classes)) of ``evaluations`` defended evaluations."""
@@ -390,6 +282,7 @@ class _Evaluator:
 # --------------------------------------------------------------------------------------------------
 
 
+@teardown_on_exit  # an exception on one rank stops the others at their next barrier; the group is torn down
 def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None = None,
              sanity: bool | None = None, components: tuple[Any, nn.Module, Purifier | None] | None = None
              ) -> dict[str, Any]:
@@ -397,42 +290,96 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
 
     ``components`` = (dataset, classifier, purifier) replaces building them from the config's data,
     classifier and diffusion sections (used by the demo with its embedded models).
+
+    Order of work: validate the config; load the dataset and compute the run identity (content digests,
+    no model loaded); lock the run folder and check it holds this identity (a folder whose records belong
+    to other settings is refused, naming the keys that differ); only then load the models. The identity is
+    written with the first batch's records, so a run that fails before then leaves nothing that refuses the
+    corrected rerun. A read-only folder whose samples are all finished is summarised without writing.
     """
     from .distributed import DistContext
 
     cfg = resolve_config(config, overrides)
     if sanity is not None:
         cfg["run"]["sanity"] = bool(sanity)
-    dist = DistContext.from_env(cfg["run"]["device"])
-    device = dist.device
-    torch.manual_seed(cfg["run"]["seed"])
+    _check_device(cfg["run"]["device"])
     out = Path(cfg["run"]["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    digest = settings_hash(cfg)
-    config_file = out / "config.json"
-    if dist.is_main:
-        if config_file.exists():
-            previous = json.loads(config_file.read_text())
-            if previous.get("settings_hash") != digest:
-                raise HetpureError(
-                    f"{out} holds a run with other settings (hash {previous.get('settings_hash')} vs {digest}); "
-                    "choose another run.out, or delete the folder to start over"
-                )
-        config_file.write_text(json.dumps({"settings_hash": digest, "config": cfg}, indent=2, default=str))
-    dist.barrier()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"run.out {out} is a file, not a folder; fix: --out <a new or existing folder>")
+    dataset = components[0] if components is not None else build_dataset(cfg)
+    given = components[1:] if components is not None else (None, None)
+    identity = identity_of(cfg, dataset, given[0], given[1].eps_model if given[1] is not None else None)
+    digest = identity_hash(identity)
 
-    dataset, classifier, purifier = components if components is not None else build_components(cfg, device)
-    ev = _Evaluator(cfg, classifier, purifier, device, attacked_purifier(cfg, classifier, purifier, device))
+    dist = DistContext.from_env(cfg["run"]["device"], cfg["run"].get("dist_timeout_minutes"))
     positions = list(range(len(dataset)))
     indices = [int(i) for i in getattr(dataset, "indices", positions)]
     if len(indices) != len(positions):
         indices = positions
     bs = cfg["run"]["batch_size"]
     batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
-
     wanted = set(indices)  # a grown run's folder may hold records beyond this subset
     done = {i: r for i, r in _finished(out, digest).items() if i in wanted}
+    if out.is_dir() and len(done) == len(wanted) and not os.access(out, os.W_OK):
+        records = [done[i] for i in sorted(done)]  # read-only and finished: summarise, write nothing
+        return _summarise(cfg, digest, records, {"seconds": 0.0, "images": 0}, None, dist.device, out)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    lock = RunLock(out) if dist.is_main else contextlib.nullcontext()
+    try:
+        with lock:
+            return _run(cfg, dist, out, dataset, components, identity, digest, batches, indices, wanted)
+    finally:
+        dist.close()
+
+
+def _check_device(device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"run.device {device!r} is not a device ({exc}); fix: --set run.device=cpu") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device is cuda but no CUDA device is available here; fix: --set run.device=cpu")
+
+
+def _claim_folder(out: Path, identity: dict[str, Any], digest: str) -> None:
+    """Refuse a folder whose records belong to other settings, naming what differs (under the lock)."""
+    config_file = out / "config.json"
+    if not config_file.exists():
+        return
+    try:
+        previous = json.loads(config_file.read_text())
+    except ValueError:
+        previous = {}
+    old = previous.get("settings_hash")
+    if old in (None, digest) or not _finished(out, old):
+        return  # no records of other settings: this run takes the folder
+    if "identity" in previous:
+        changes = identity_diff(previous["identity"], identity)
+        what = "; ".join(changes[:12]) + (f"; … {len(changes) - 12} more" if len(changes) > 12 else "")
+    else:
+        what = f"settings hash {old} vs {digest} (a run made before hetpure recorded identities; see migrate_runs)"
+    raise RecordsError(
+        f"{out} holds records of a run with other settings — {what}. Choose another run.out (--out DIR), "
+        "or move the folder aside to start over"
+    )
+
+
+def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
+         components: tuple[Any, nn.Module, Purifier | None] | None, identity: dict[str, Any], digest: str,
+         batches: list[list[int]], indices: list[int], wanted: set[int]) -> dict[str, Any]:
+    device = dist.device
+    torch.manual_seed(cfg["run"]["seed"])
     my_records = out / ("records.jsonl" if dist.world_size == 1 else f"records.rank{dist.rank}.jsonl")
+    if dist.is_main:
+        _claim_folder(out, identity, digest)
+        for path in sorted(out.glob("records*.jsonl")):
+            repair_tail(path)
+    dist.barrier()
+    done = {i: r for i, r in _finished(out, digest).items() if i in wanted}
+    classifier, purifier = components[1:] if components is not None else build_models(cfg, device)
+    ev = _Evaluator(cfg, classifier, purifier, device, attacked_purifier(cfg, classifier, purifier, device))
     todo = [b for b in range(len(batches)) if b % dist.world_size == dist.rank
             and not all(indices[p] in done for p in batches[b])]
     stats = {"seconds": 0.0, "images": 0, "attack_calls": 0}
@@ -441,14 +388,14 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     grid_saved = (out / "examples.png").exists()
     for b in todo:
         start = time.perf_counter()
-        xs, ys = zip(*(dataset[p][:2] for p in batches[b]))
-        x = torch.stack([torch.as_tensor(v) for v in xs]).to(device).float()
-        y = torch.as_tensor(ys, dtype=torch.long).to(device)
+        x, y = _load_batch(dataset, batches[b], device)
         pending = [i for i, p in enumerate(batches[b]) if indices[p] not in done]
         records, extras = _evaluate_batch(ev, x, y, b, [indices[batches[b][i]] for i in range(len(x))], digest)
         elapsed = time.perf_counter() - start
         for r in records:
             r["seconds"] = round(elapsed / len(x), 4)  # attack + evaluations, per image of this batch
+        if dist.is_main:
+            _write_config(out, cfg, identity, digest)
         append_records(my_records, [records[i] for i in pending])
         stats["seconds"] += elapsed
         stats["images"] += len(x)
@@ -465,13 +412,40 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     summary: dict[str, Any] = {}
     if dist.is_main:
         records = [r for r in _merge(out, digest, dist.world_size) if int(r["index"]) in wanted]
+        if records:
+            _write_config(out, cfg, identity, digest)
         sanity_report = _sanity(ev, dataset, cfg) if cfg["run"]["sanity"] else None
-        summary = _summarise(cfg, digest, records, stats, purifier, sanity_report, device, ev.attacked)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        steps = purifier.eps_model.num_timesteps if purifier is not None else 1000
+        summary = _summarise(cfg, digest, records, stats, sanity_report, device, out, steps)
+        write_json_atomic(out / "summary.json", summary)
         (out / "summary.md").write_text(_summary_markdown(summary))
     dist.barrier()
-    dist.close()
     return summary
+
+
+def _write_config(out: Path, cfg: dict[str, Any], identity: dict[str, Any], digest: str) -> None:
+    """config.json: the identity and the portable config; written once the run has records."""
+    file = out / "config.json"
+    if file.exists():
+        try:
+            if json.loads(file.read_text()).get("settings_hash") == digest:
+                return
+        except ValueError:
+            pass
+    write_json_atomic(file, {"settings_hash": digest, "identity": identity, "config": portable_config(cfg, out)})
+
+
+def _load_batch(dataset: Any, positions: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Stack one batch; images of different sizes are refused with the fix."""
+    xs, ys = zip(*(dataset[p][:2] for p in positions))
+    shapes = sorted({tuple(torch.as_tensor(v).shape) for v in xs})
+    if len(shapes) > 1:
+        raise HetpureError(
+            f"the images of one batch have different sizes {shapes}; give the dataset a common size "
+            "(--set 'data.options={resize: [32, 32]}') or use images of one size"
+        )
+    x = torch.stack([torch.as_tensor(v) for v in xs]).to(device).float()
+    return x, torch.as_tensor(ys, dtype=torch.long).to(device)
 
 
 def _evaluate_batch(ev: _Evaluator, x: Tensor, y: Tensor, b: int, indices: list[int],
@@ -550,25 +524,30 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], stats: dict[str, Any],
-               purifier: Purifier | None, sanity_report: dict[str, Any] | None,
-               device: torch.device, attacked: Purifier | None = None) -> dict[str, Any]:
-    from . import __version__
+def _pipeline_calls(defense: dict[str, Any], num_timesteps: int, ddim_steps: int | None = None) -> int:
+    """ε-model calls of one pass through a pipeline (a resolved defense section)."""
+    if defense["method"] == "none":
+        return 0
+    config = purify_config(defense)
+    if ddim_steps is not None:
+        config = config.replace(ddim_steps=ddim_steps)
+    return eps_calls(config, num_timesteps, uniform=defense["method"] == "uniform")
 
-    attacked = purifier if cfg["attack"]["through"] is None else attacked
+
+def _summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], stats: dict[str, Any],
+               sanity_report: dict[str, Any] | None, device: torch.device, out: Path,
+               num_timesteps: int = 1000) -> dict[str, Any]:
+    from . import __version__
 
     n = len(records)
     clean = sum(r["clean_prediction"] == r["label"] for r in records)
     robust = sum(r["adversarial_prediction"] == r["label"] for r in records)
     worst = sum(r["worst_case_correct"] == r["worst_case_k"] for r in records)
     a = cfg["attack"]
-    defence_calls = purifier.eps_calls() if purifier is not None else 0
-    attack_calls = 0
-    if attacked is not None:
-        attack_calls = {"surrogate": attacked.eps_calls(a["surrogate_ddim_steps"]), "exact": attacked.eps_calls(),
-                        "bpda": 0}[a["gradient"]]
     through = a["through"] or cfg["defense"]
     attacked_steps = a["surrogate_ddim_steps"] if a["gradient"] == "surrogate" else None
+    defence_calls = _pipeline_calls(cfg["defense"], num_timesteps)
+    attack_calls = 0 if a["gradient"] == "bpda" else _pipeline_calls(through, num_timesteps, attacked_steps)
     passes = 0 if a["name"] == "none" else (1 if a["name"] == "fgsm" else a["steps"]) * a["eot"]
     summary = {
         "n": n,
@@ -584,19 +563,19 @@ def _summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], 
             "evaluated": describe_pipeline(cfg["defense"]),
             "transfer": a["through"] is not None,
         },
-        "votes_per_evaluation": purifier.config.runs if purifier is not None else 1,
+        "votes_per_evaluation": cfg["defense"]["runs"] if cfg["defense"]["method"] != "none" else 1,
         "eps_calls": {
             "attack_per_forward_pass": attack_calls,
             "defence_per_purification": defence_calls,
             "attack_per_image": attack_calls * passes,
-            "attack_gradient": a["gradient"] if attacked is not None else "classifier",
+            "attack_gradient": a["gradient"] if through["method"] != "none" else "classifier",
         },
         "seconds_per_image": _mean([r["seconds"] for r in records if "seconds" in r]),
         "seconds_per_image_this_session": stats["seconds"] / stats["images"] if stats["images"] else None,
         "images_this_session": stats["images"],
         "memory": _peak_memory_mb(device),
         "settings_hash": digest,
-        "config": cfg,
+        "config": portable_config(cfg, out),
         "version": __version__,
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''} threads={torch.get_num_threads()}".strip(),

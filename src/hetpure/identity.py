@@ -1,0 +1,285 @@
+"""Run identity: what a run computes, never where it ran.
+
+The identity of an evaluation run is a JSON-able dict of everything that changes a number in its records:
+the dataset's identity (name, split, seed, options and a fingerprint of its contents), each checkpoint's
+content digest (SHA-256), every defence, attack and run setting that enters the computation, and the
+device *type* (CPU and CUDA generators give different streams for one seed). It holds no path, no output
+folder, no device index and no display option, so a run made on one machine resumes, extends and
+re-summarises on any other. ``settings_hash`` is the first 16 hex digits of its SHA-256.
+
+File digests are cached (``$HETPURE_CACHE`` or ``~/.cache/hetpure/digests.json``) per absolute path, size and
+modification time, so a 2 GB checkpoint is read once.
+
+Paths written into run folders go through :func:`portable_path`: ``$HETPURE_SHARED/…`` for files under the
+shared folder, otherwise relative to the folder the file is written into.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+#: Version of the identity layout; part of the identity, so a new layout never reuses old records silently.
+IDENTITY_FORMAT = 2
+#: Keys of each section that never change a number (paths, output, display, trust flags).
+NOT_IN_IDENTITY: dict[str, tuple[str, ...]] = {
+    "data": ("root", "n", "download"),
+    "classifier": ("path", "trust_pickle"),
+    "diffusion": ("path", "config", "trust_pickle"),
+    "run": ("out", "progress", "save_images", "sanity", "sanity_n", "strict", "device", "dist_timeout_minutes"),
+}
+SHARED_VAR = "HETPURE_SHARED"
+
+
+# --------------------------------------------------------------------------------------------------
+# Content digests
+# --------------------------------------------------------------------------------------------------
+
+
+def _cache_file() -> Path:
+    env = os.environ.get("HETPURE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "hetpure" / "digests.json"
+
+
+def _load_cache() -> dict[str, str]:
+    try:
+        data = json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _store_cache(key: str, digest: str) -> None:
+    cache = _load_cache()
+    cache[key] = digest
+    file = _cache_file()
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, sort_keys=True))
+        os.replace(tmp, file)
+    except OSError:  # a read-only home only costs re-hashing next time
+        pass
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, cached per (absolute path, size, mtime)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    cached = _load_cache().get(key)
+    if cached:
+        return cached
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    _store_cache(key, digest)
+    return digest
+
+
+def files_digest(files: Iterable[tuple[str, Path]]) -> str:
+    """SHA-256 over (name, content digest) pairs: the identity of a set of files, whatever their location.
+
+    The whole list is cached under one key (names, sizes and mtimes), so a 10,000-file image folder is read
+    once per machine.
+    """
+    items = [(name, Path(f)) for name, f in files]
+    stats = [(name, f.stat()) for name, f in items]
+    signature = hashlib.sha256(
+        "\n".join(f"{name}|{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+                  for (name, f), (_, st) in zip(items, stats)).encode()
+    ).hexdigest()
+    key = f"files:{signature}"
+    cached = _load_cache().get(key)
+    if cached:
+        return cached
+    h = hashlib.sha256()
+    for name, f in items:
+        fh = hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        h.update(f"{name}\0{fh}\n".encode())
+    digest = h.hexdigest()
+    _store_cache(key, digest)
+    return digest
+
+
+def path_digest(path: str | Path | None) -> str | None:
+    """Content digest of a checkpoint file, or of every file in a checkpoint folder (names relative to it)."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        return files_digest((f.relative_to(p).as_posix(), f) for f in files)
+    if p.is_file():
+        return file_digest(p)
+    return None  # a missing file is reported by the loader, with its fix
+
+
+def module_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers (names, dtypes, shapes, bytes): for in-memory models."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """Content fingerprint of a dataset split: its files (image folders) or its arrays (in-memory sets).
+
+    Covers the whole split, not the subset, since the seeded subset is drawn from the whole split.
+    """
+    samples = getattr(dataset, "samples", None)
+    folder = getattr(dataset, "folder", None)
+    if samples is not None and folder is not None:
+        root = Path(folder)
+        classes = list(getattr(dataset, "classes", []))
+        files = [(f"{classes[label] if label < len(classes) else label}/{Path(p).relative_to(root).as_posix()}",
+                  Path(p)) for p, label in samples]
+        return files_digest(files)
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    h = hashlib.sha256()
+    if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor):
+        for t in (images, labels):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}|{tuple(t.shape)}\n".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+    base = getattr(dataset, "base", dataset)  # a view: fingerprint what it reads from
+    if base is not dataset:
+        return dataset_fingerprint(base)
+    for i in range(len(dataset)):  # any other map-style dataset: its items
+        x, y = dataset[i][:2]
+        t = torch.as_tensor(x).detach().cpu().float().contiguous()
+        h.update(t.numpy().tobytes())
+        h.update(f"|{int(y)}\n".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Identity and its hash
+# --------------------------------------------------------------------------------------------------
+
+
+def run_identity(cfg: dict[str, Any], data_fingerprint: str, classifier_digest: str | None,
+                 diffusion_digest: str | None, diffusion_config_digest: str | None = None) -> dict[str, Any]:
+    """The identity of a resolved evaluation config (see the module docstring)."""
+    ident: dict[str, Any] = {"format": IDENTITY_FORMAT}
+    for section, values in cfg.items():
+        if section == "preset":
+            continue
+        drop = NOT_IN_IDENTITY.get(section, ())
+        ident[section] = {k: v for k, v in values.items() if k not in drop}
+    if ident["attack"].get("through") is None:
+        ident["attack"].pop("through", None)
+    ident["data"]["fingerprint"] = data_fingerprint
+    ident["classifier"]["digest"] = classifier_digest
+    if cfg["defense"]["method"] == "none" and (cfg["attack"].get("through") or {}).get("method", "none") == "none":
+        ident.pop("diffusion")  # no purification anywhere: the diffusion model cannot change a number
+    else:
+        ident["diffusion"]["digest"] = diffusion_digest
+        if diffusion_config_digest is not None:
+            ident["diffusion"]["config_digest"] = diffusion_config_digest
+    ident["run"]["device_type"] = torch.device(str(cfg["run"]["device"])).type
+    return ident
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists and scalars are leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Lines ``key: old → new`` for every key whose value differs (missing keys shown as 'absent')."""
+    a, b = flatten(old), flatten(new)
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, "absent"), b.get(key, "absent")
+        if va != vb:
+            lines.append(f"{key}: {va!r} → {vb!r}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Portable paths
+# --------------------------------------------------------------------------------------------------
+
+
+def shared_root() -> Path | None:
+    env = os.environ.get(SHARED_VAR)
+    return Path(env).expanduser().resolve() if env else None
+
+
+def portable_path(path: str | Path | None, base: str | Path) -> str | None:
+    """A path that means the same on any machine: ``$HETPURE_SHARED/rel`` under the shared folder, else
+    relative to ``base`` (the folder of the file it is written into). Relative inputs stay as given."""
+    if path is None:
+        return None
+    text = str(path)
+    if text.startswith("$"):
+        return text
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        return text
+    shared = shared_root()
+    resolved = p.resolve()
+    if shared is not None and resolved.is_relative_to(shared):
+        return f"${SHARED_VAR}/{resolved.relative_to(shared).as_posix()}"
+    return os.path.relpath(resolved, Path(base).resolve())
+
+
+def expand_path(path: str | None, base: str | Path | None = None) -> str | None:
+    """Inverse of :func:`portable_path`: expand ``$HETPURE_SHARED`` (clear error when unset) and ``~``;
+    a relative path is taken relative to ``base`` when given."""
+    if path is None:
+        return None
+    text = str(path)
+    if text.startswith(f"${SHARED_VAR}") or text.startswith(f"${{{SHARED_VAR}}}"):
+        shared = shared_root()
+        if shared is None:
+            from .errors import ConfigError
+
+            raise ConfigError(f"{text} refers to ${SHARED_VAR}, which is not set; export {SHARED_VAR}=<the shared "
+                              "folder> (e.g. ../shared)")
+        rest = text.split("}", 1)[1] if text.startswith("${") else text[len(SHARED_VAR) + 1:]
+        return str(shared / rest.lstrip("/"))
+    p = Path(text).expanduser()
+    if base is not None and not p.is_absolute():
+        p = Path(base) / p
+    return str(p)
+
+
+def portable_config(cfg: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """A copy of a resolved config with every path made portable (``run.out`` becomes ``.`` when it is
+    ``base`` itself)."""
+    out = json.loads(json.dumps(cfg, default=str))
+    for section, key in (("data", "root"), ("classifier", "path"), ("diffusion", "path"), ("diffusion", "config")):
+        if section in out and isinstance(out[section].get(key), str):
+            out[section][key] = portable_path(out[section][key], base)
+    if "run" in out and out["run"].get("out") is not None:
+        run_out = Path(str(out["run"]["out"])).expanduser()
+        out["run"]["out"] = "." if run_out.resolve() == Path(base).resolve() else portable_path(run_out, base)
+    return out
