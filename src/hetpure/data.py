@@ -71,6 +71,7 @@ CIFAR10_FILE_MD5: dict[str, str] = {
     "test_batch": "40351d587109b95175f43aff81a1287e",
     "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
 }
+MNIST_CLASSES: list[str] = [str(d) for d in range(10)]
 CIFAR10_CLASSES: list[str] = [
     "airplane",
     "automobile",
@@ -583,6 +584,7 @@ class ImageFolderDataset(ImageDataset):
         transform: Callable[[Tensor], Tensor] | None = None,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         name: str = "imagefolder",
+        class_names: Sequence[str] | None = None,
     ) -> None:
         if mode not in ("RGB", "L"):
             raise HetpureError(f"mode must be 'RGB' or 'L', got {mode!r}")
@@ -603,17 +605,35 @@ class ImageFolderDataset(ImageDataset):
             )
         self.folder = folder
         self.samples: list[tuple[str, int]] = []
-        label_order = self._label_order(classes)
-        label_of = {cls: i for i, cls in enumerate(label_order)}
+        files_of = {
+            cls: sorted(e.name for e in os.scandir(folder / cls)
+                        if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(exts))
+            for cls in classes
+        }
+        if class_names is not None:  # the model's classes: label = position of the folder's name among them
+            classes = [c for c in classes if files_of[c]]  # an empty folder holds no label to shift
+            known = {str(c).lower(): i for i, c in enumerate(class_names)}
+            unknown = [c for c in classes if c.lower() not in known]
+            if unknown:
+                raise HetpureError(
+                    f"{name}: class folders {', '.join(unknown[:5])} in {folder} are not classes of the model "
+                    f"({', '.join(map(str, class_names[:10]))}{', …' if len(class_names) > 10 else ''}); "
+                    "rename the folders to the model's class names, or use a classifier trained on these classes"
+                )
+            label_order = list(class_names)
+            label_of = {c: known[c.lower()] for c in classes}
+        else:
+            empty = [c for c in classes if not files_of[c]]
+            if empty and len(empty) < len(classes):
+                raise HetpureError(
+                    f"{name}: class folder(s) {', '.join(empty[:5])} in {folder} hold no images; labels are the "
+                    "positions of the sorted class folders, so an empty folder would shift the labels — remove it"
+                )
+            label_order = self._label_order(classes)
+            label_of = {cls: i for i, cls in enumerate(label_order)}
         for cls in classes:  # sorted folder names fix the item order, whatever the label order
             cdir = folder / cls
-            label = label_of[cls]
-            files = sorted(
-                e.name
-                for e in os.scandir(cdir)
-                if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(exts)
-            )
-            self.samples.extend((str(cdir / f), label) for f in files)
+            self.samples.extend((str(cdir / f), label_of[cls]) for f in files_of[cls])
         if not self.samples:
             raise HetpureError(
                 f"no images found in the class folders of {folder} (looked for {', '.join(exts)} files in "

@@ -150,7 +150,38 @@ def build_dataset(cfg: dict[str, Any]) -> Any:
     extra = dict(d["options"] or {})
     if d["download"]:
         extra["download"] = True
+    names = model_class_names(cfg["classifier"]["name"])
+    if d["name"] == "imagefolder" and names is not None and "class_names" not in extra:
+        extra["class_names"] = names  # label folders by the model's class names, not sorted position
     return load_dataset(d["name"], root=d["root"], split=d["split"], n=d["n"], seed=d["seed"], **extra)
+
+
+def model_class_names(classifier: str) -> list[str] | None:
+    """The class names a registered classifier's outputs stand for, when known (CIFAR-10, MNIST)."""
+    from .data import CIFAR10_CLASSES, MNIST_CLASSES
+    from .models.registry import describe_classifier
+
+    label_set = describe_classifier(classifier).label_set
+    return {"cifar10": CIFAR10_CLASSES, "mnist": MNIST_CLASSES}.get(label_set or "")
+
+
+def check_input_size(cfg: dict[str, Any], dataset: Any) -> None:
+    """Refuse data whose image size is not the one the classifier's weights expect (before any model is
+    loaded). A classifier without weights (``classifier.path`` null, random init) expects nothing."""
+    from .models.registry import describe_classifier
+
+    if cfg["classifier"]["path"] is None:
+        return
+
+    expected = describe_classifier(cfg["classifier"]["name"]).input_shape
+    shape = tuple(torch.as_tensor(dataset[0][0]).shape)
+    if expected is not None and shape != tuple(expected):
+        c, h, w = expected
+        mode = f", mode: {'L' if c == 1 else 'RGB'}" if shape[0] != c else ""
+        raise ConfigError(
+            f"the data's images are {'×'.join(map(str, shape))} but classifier {cfg['classifier']['name']} takes "
+            f"{c}×{h}×{w}; fix: --set 'data.options={{resize: [{h}, {w}]{mode}}}'"
+        )
 
 
 def build_models(cfg: dict[str, Any], device: torch.device) -> tuple[nn.Module, Purifier | None]:
@@ -307,6 +338,8 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     if out.exists() and not out.is_dir():
         raise ConfigError(f"run.out {out} is a file, not a folder; fix: --out <a new or existing folder>")
     dataset = components[0] if components is not None else build_dataset(cfg)
+    if components is None:
+        check_input_size(cfg, dataset)
     given = components[1:] if components is not None else (None, None)
     identity = identity_of(cfg, dataset, given[0], given[1].eps_model if given[1] is not None else None)
     digest = identity_hash(identity)
@@ -326,10 +359,14 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
+    dist.check_shared_folder(out)  # several nodes: refuse a node-local run.out up front
     lock = RunLock(out) if dist.is_main else contextlib.nullcontext()
     try:
         with lock:
             return _run(cfg, dist, out, dataset, components, identity, digest, batches, indices, wanted)
+    except BaseException:
+        dist.report_failure()  # the other ranks' next barrier raises instead of waiting for this one
+        raise
     finally:
         dist.close()
 
@@ -389,6 +426,8 @@ def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
     for b in todo:
         start = time.perf_counter()
         x, y = _load_batch(dataset, batches[b], device)
+        if b == todo[0]:
+            _check_classifier(cfg, classifier, x, y, getattr(dataset, "classes", None))
         pending = [i for i, p in enumerate(batches[b]) if indices[p] not in done]
         records, extras = _evaluate_batch(ev, x, y, b, [indices[batches[b][i]] for i in range(len(x))], digest)
         elapsed = time.perf_counter() - start
@@ -412,6 +451,7 @@ def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
     summary: dict[str, Any] = {}
     if dist.is_main:
         records = [r for r in _merge(out, digest, dist.world_size) if int(r["index"]) in wanted]
+        dist.check_merged(len(records), len(wanted), out)  # e.g. other nodes' records not in this folder
         if records:
             _write_config(out, cfg, identity, digest)
         sanity_report = _sanity(ev, dataset, cfg) if cfg["run"]["sanity"] else None
@@ -421,6 +461,20 @@ def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
         (out / "summary.md").write_text(_summary_markdown(summary))
     dist.barrier()
     return summary
+
+
+def _check_classifier(cfg: dict[str, Any], classifier: nn.Module, x: Tensor, y: Tensor,
+                      classes: list[str] | None) -> None:
+    """Once per run: finite (B, classes) logits, and labels the classifier can output."""
+    from .models.classifiers import check_logits
+
+    names = model_class_names(cfg["classifier"]["name"]) if cfg["classifier"]["name"] else None
+    logits = check_logits(classifier, x, num_classes=len(names) if names else None)
+    if int(y.max()) >= logits.shape[1]:
+        raise HetpureError(
+            f"the data has label {int(y.max())} ({len(classes or [])} classes) but classifier "
+            f"{cfg['classifier']['name']} outputs {logits.shape[1]} classes; use data with the model's classes"
+        )
 
 
 def _write_config(out: Path, cfg: dict[str, Any], identity: dict[str, Any], digest: str) -> None:
@@ -456,19 +510,24 @@ def _evaluate_batch(ev: _Evaluator, x: Tensor, y: Tensor, b: int, indices: list[
     clean_label, clean_counts = ev.labels(x, 1, _batch_generator(seed, b, 1, ev.device))
     x_adv, attack_calls = ev.attack(x, y, _batch_generator(seed, b, 2, ev.device))
     adv_label, adv_counts = ev.labels(x_adv, k, _batch_generator(seed, b, 3, ev.device))
-    records = []
-    for i in range(x.shape[0]):
+    records, c = [], clean_counts.shape[-1]
+    diff = x_adv - x  # every per-image number as float64 (exact), one device-to-host copy per batch
+    per_image = [y, clean_label[0], adv_label[0], (adv_label == y).sum(0), torch.stack([d.abs().max() for d in diff]),
+                 torch.stack([d.norm() for d in diff])]
+    host = torch.cat([torch.stack([t.double() for t in per_image], 1), clean_counts[0].double(),
+                      adv_counts[0].double()], 1)
+    for i, row in enumerate(host.cpu().tolist()):
         records.append({
             "index": indices[i],
-            "label": int(y[i]),
-            "clean_prediction": int(clean_label[0, i]),
-            "adversarial_prediction": int(adv_label[0, i]),
-            "clean_votes": clean_counts[0, i].tolist(),
-            "adversarial_votes": adv_counts[0, i].tolist(),
-            "worst_case_correct": int((adv_label[:, i] == y[i]).sum()),
+            "label": int(row[0]),
+            "clean_prediction": int(row[1]),
+            "adversarial_prediction": int(row[2]),
+            "clean_votes": [int(v) for v in row[6 : 6 + c]],
+            "adversarial_votes": [int(v) for v in row[6 + c :]],
+            "worst_case_correct": int(row[3]),
             "worst_case_k": k,
-            "perturbation_linf": float((x_adv[i] - x[i]).abs().max()),
-            "perturbation_l2": float((x_adv[i] - x[i]).norm()),
+            "perturbation_linf": row[4],
+            "perturbation_l2": row[5],
             "batch": b,
             "settings_hash": digest,
         })

@@ -631,14 +631,14 @@ def _register_cifar_resnet(depth: int) -> None:
         return _load_weights(CifarResNet(depth, num_classes=num_classes), path, trust_pickle)
 
     factory.__doc__ = f"CIFAR ResNet-{depth} (He et al. 2016, option A), ImageNet mean/std inside"
-    register_classifier(f"cifar_resnet{depth}", input_shape=(3, 32, 32))(factory)
+    register_classifier(f"cifar_resnet{depth}", input_shape=(3, 32, 32), label_set="cifar10")(factory)
 
 
 for _depth in (20, 32, 44, 56, 110):
     _register_cifar_resnet(_depth)
 
 
-@register_classifier("wrn28_10", input_shape=(3, 32, 32))
+@register_classifier("wrn28_10", input_shape=(3, 32, 32), label_set="cifar10")
 def _wrn28_10(
     path: Path | None,
     trust_pickle: bool = False,
@@ -678,7 +678,7 @@ def _wrn28_10(
     return _load_weights(model, path, trust_pickle)
 
 
-@register_classifier("wrn70_16", input_shape=(3, 32, 32))
+@register_classifier("wrn70_16", input_shape=(3, 32, 32), label_set="cifar10")
 def _wrn70_16(
     path: Path | None,
     trust_pickle: bool = False,
@@ -692,7 +692,7 @@ def _wrn70_16(
     return _load_weights(model, path, trust_pickle)
 
 
-@register_classifier("mnist_cnn", input_shape=(1, 28, 28))
+@register_classifier("mnist_cnn", input_shape=(1, 28, 28), label_set="mnist")
 def _mnist_cnn(
     path: Path | None, trust_pickle: bool = False, width: int = 16, num_classes: int = 10
 ) -> nn.Module:
@@ -700,7 +700,7 @@ def _mnist_cnn(
     return _load_weights(MnistCNN(num_classes=num_classes, width=width), path, trust_pickle)
 
 
-@register_classifier("resnet50", input_shape=(3, 224, 224))
+@register_classifier("resnet50", input_shape=(3, 224, 224), label_set="imagenet")
 def _resnet50(path: Path | None, trust_pickle: bool = False, weights: str | None = None) -> nn.Module:
     """torchvision ImageNet ResNet-50 with ImageNet mean/std inside (needs torchvision)"""
     try:

@@ -39,19 +39,23 @@ class ClassifierSpec:
         factory: ``factory(path, trust_pickle=False, **kw) -> nn.Module``.
         description: one line for listings and error messages.
         input_shape: ``(C, H, W)`` the weights expect, if fixed.
+        label_set: the class names its outputs stand for (``"cifar10"``, ``"mnist"``, ``"imagenet"``), if
+            known: image folders are then labelled by folder name, not by sorted position.
     """
 
     name: str
     factory: Callable[..., nn.Module]
     description: str
     input_shape: tuple[int, int, int] | None
+    label_set: str | None = None
 
 
 _REGISTRY: dict[str, ClassifierSpec] = {}
 
 
 def register_classifier(
-    name: str, *, description: str = "", input_shape: tuple[int, int, int] | None = None
+    name: str, *, description: str = "", input_shape: tuple[int, int, int] | None = None,
+    label_set: str | None = None,
 ) -> Callable[[F], F]:
     """Decorator registering a classifier factory under ``name`` (an error if the name is taken)."""
 
@@ -59,7 +63,8 @@ def register_classifier(
         if name in _REGISTRY:
             raise HetpureError(f"a classifier named {name!r} is already registered; pick another name")
         doc = (factory.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ClassifierSpec(name, factory, description or (doc[0] if doc else ""), input_shape)
+        _REGISTRY[name] = ClassifierSpec(name, factory, description or (doc[0] if doc else ""), input_shape,
+                                         label_set)
         return factory
 
     return deco
