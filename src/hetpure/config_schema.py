@@ -15,7 +15,7 @@ import difflib
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import ConfigError
 from .identity import expand_path
@@ -97,14 +97,15 @@ class AttackSection(BaseModel):
     upsample: Literal["bilinear", "nearest"] = Field("bilinear", description="lowfreq-pgd upsampling")
     through: dict[str, Any] | None = Field(None, description="another pipeline to attack (defense keys)")
 
-    @model_validator(mode="after")
-    def _radius(self) -> AttackSection:
-        if self.eps is not None and self.norm == "linf" and self.eps > 1:
+    @field_validator("eps")
+    @classmethod
+    def _radius(cls, eps: float | None, info: ValidationInfo) -> float | None:
+        if eps is not None and info.data.get("norm") == "linf" and eps > 1:
             raise ValueError(
-                f"eps {self.eps:g} is an L∞ radius above 1 on [0, 1] images; it looks like 0–255 units: for "
-                f"{self.eps:g}/255 write --set attack.eps={self.eps / 255:.7f}"
+                f"{eps:g} is an L∞ radius above 1 on [0, 1] images; it looks like 0–255 units: for "
+                f"{eps:g}/255 write --set attack.eps={eps / 255:.7f}"
             )
-        return self
+        return eps
 
 
 class RunSection(BaseModel):
@@ -119,6 +120,8 @@ class RunSection(BaseModel):
     sanity_n: int = Field(16, ge=1, description="probe images of the sanity checks")
     strict: bool = Field(False, description="fail when a sanity check fails")
     progress: bool = Field(True, description="progress bar")
+    dist_timeout_minutes: float | None = Field(
+        None, gt=0, description="torchrun: barrier timeout (null: $HETPURE_DIST_TIMEOUT_MINUTES, else 1440)")
 
 
 SECTIONS: dict[str, type[BaseModel]] = {
@@ -316,3 +319,23 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
 def purify_config(defense: dict[str, Any]) -> PurifyConfig:
     """The :class:`~hetpure.purify.PurifyConfig` of a resolved ``defense`` section."""
     return PurifyConfig.from_dict({k: v for k, v in defense.items() if k != "method"})
+
+
+def write_docs_reference(doc: str = "docs/evaluation.md") -> None:
+    """Replace the generated block of ``doc`` with :func:`config_reference_markdown`."""
+    from pathlib import Path
+
+    start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+    path = Path(doc)
+    head, rest = path.read_text().split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{start}\n{config_reference_markdown()}\n{end}{tail}")
+
+
+if __name__ == "__main__":  # python -m hetpure.config_schema --write-docs
+    import sys
+
+    if "--write-docs" in sys.argv:
+        write_docs_reference()
+    else:
+        print(config_reference_markdown())

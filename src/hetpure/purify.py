@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .checks import check_images, check_mask
+from .checks import check_logit_batch as _check_logits
+from .devices import check_gradient_precision, check_timesteps, chunks, default_noise, device_generator
 from .errors import ConfigError, HetpureError
 from .mask import binarize, energy_map, gradcam_map, graded_weights, random_mask_like
 from .models.base import EpsModel
@@ -157,7 +159,7 @@ def _queue(noises: Sequence[Tensor]) -> NoiseFn:
 def _run_step(step: Callable[..., Tensor], x: Tensor, n_noise: int, noise: NoiseFn, use_checkpoint: bool) -> Tensor:
     zs = [noise(x) for _ in range(n_noise)]
     if use_checkpoint and torch.is_grad_enabled():
-        return _checkpoint(step, x, *zs, use_reentrant=False)
+        return _checkpoint(step, x, *zs, use_reentrant=False, preserve_rng_state=False)  # noise drawn above
     return step(x, *zs)
 
 
@@ -234,6 +236,7 @@ def sample_heterogeneous(
     """
     T = eps_model.num_timesteps
     ts = ddim_timesteps(T, ddim_steps, t_l)
+    check_timesteps(ts[0] + (0 if repaint_jumps > 1 else resample_steps), T)
     n_extra = 1 if eta > 0 else 0
     x = q_sample(eps_model.schedule, x0, ts[0], noise)
     level_steps = levels * T
@@ -272,11 +275,13 @@ def sample_uniform(
     schedule = eps_model.schedule
     if sampler == "ddpm":
         n = int(t_star * eps_model.num_timesteps)
+        check_timesteps(n - 1, eps_model.num_timesteps)
         x = q_sample(schedule, x0, n - 1, noise)
         for t in range(n - 1, -1, -1):
             x = _run_step(functools.partial(_ddpm_step, eps_model, t), x, int(t > 0), noise, use_checkpoint)
         return x
     ts = ddim_timesteps(eps_model.num_timesteps, ddim_steps, t_star)
+    check_timesteps(ts[0], eps_model.num_timesteps)
     x = q_sample(schedule, x0, ts[0], noise)
     n_extra = 1 if eta > 0 else 0
     for t, s in zip(ts[:-1], ts[1:]):
@@ -299,16 +304,6 @@ def eps_calls(config: PurifyConfig, num_timesteps: int = 1000, uniform: bool = F
 # --------------------------------------------------------------------------------------------------
 # Purifier objects: the public API on [0, 1] images.
 # --------------------------------------------------------------------------------------------------
-
-
-def _default_noise(noise: NoiseFn | None, generator: torch.Generator | None) -> NoiseFn:
-    if noise is not None:
-        return noise
-    if generator is None:
-        return torch.randn_like
-    return lambda like: torch.randn(like.shape, generator=generator, device=generator.device).to(
-        device=like.device, dtype=like.dtype
-    )
 
 
 def majority_vote(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -337,6 +332,7 @@ class Purifier(nn.Module):
         self.eps_model = eps_model
         self.classifier = classifier
         self.config = (config or PurifyConfig()).validate(eps_model.num_timesteps, uniform=self.uniform)
+        eps_model.prefer_batch(self.config.max_batch)  # compile / CUDA graphs: one padded shape
 
     @property
     def schedule(self) -> NoiseSchedule:
@@ -346,6 +342,12 @@ class Purifier(nn.Module):
         """ε-model calls of one purification (with an optional override of S)."""
         cfg = self.config if ddim_steps is None else self.config.replace(ddim_steps=ddim_steps)
         return eps_calls(cfg, self.eps_model.num_timesteps, self.uniform)
+
+    def _model_dtype(self, x: Tensor) -> Tensor:
+        """Images in float64 / float16 are cast to the ε-model's float32 (purify returns the caller's dtype)."""
+        if x.dtype in (torch.float64, torch.float16):
+            return x.float()
+        return x
 
     # -- scale and size ------------------------------------------------------------------------------
     def _to_diffusion(self, x: Tensor) -> Tensor:
@@ -395,15 +397,18 @@ class Purifier(nn.Module):
         ``generator`` seeds the default draws. ``ddim_steps`` overrides S (e.g. the attack's surrogate);
         ``use_checkpoint`` recomputes each sampler step in the backward pass (memory independent of S).
         """
-        check_images(x, self.eps_model.in_channels)
+        given = check_images(x, self.eps_model.in_channels).dtype
+        x = self._model_dtype(x)
+        generator = device_generator(generator, x.device)  # CPU generator, CUDA data: one device generator
+        self.eps_model.begin_purification()
         levels = self._levels(x, mask, generator)
         x0 = self._to_diffusion(x)
         if levels is not None:
             levels = self._resize_map(levels, x0)
         out = self._sample(
-            x0, x, _default_noise(noise, generator), ddim_steps or self.config.ddim_steps, use_checkpoint, levels
+            x0, x, default_noise(noise, generator), ddim_steps or self.config.ddim_steps, use_checkpoint, levels
         )
-        return self._from_diffusion(out, tuple(x.shape[-2:]))
+        return self._from_diffusion(out, tuple(x.shape[-2:])).to(given)
 
     # -- prediction ----------------------------------------------------------------------------------
     def run_labels(
@@ -414,10 +419,13 @@ class Purifier(nn.Module):
         The R purifications run as batches of up to ``max_batch`` images (x repeated R times), with the
         mask computed once per image.
         """
-        runs = runs or self.config.runs
-        check_images(x, self.eps_model.in_channels)
+        runs = self.config.runs if runs is None else runs
+        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+            raise ConfigError(f"runs must be a positive integer (the purifications per vote), got {runs!r}")
+        x = self._model_dtype(check_images(x, self.eps_model.in_channels))
         size = tuple(x.shape[-2:])
-        noise_fn = _default_noise(noise, generator)
+        generator = device_generator(generator, x.device)
+        noise_fn = default_noise(noise, generator)
         labels, num_classes = [], 0
         with torch.no_grad():
             levels = self._levels(x, None, generator)
@@ -426,6 +434,7 @@ class Purifier(nn.Module):
                 rows = torch.arange(i, min(i + step, x.shape[0] * runs), device=x.device) % x.shape[0]
                 x0 = self._to_diffusion(x[rows])
                 lev = None if levels is None else self._resize_map(levels[rows], x0)
+                self.eps_model.begin_purification()
                 out = self._sample(x0, x[rows], noise_fn, self.config.ddim_steps, False, lev)
                 logits = _check_logits(self.classifier(self._from_diffusion(out, size)), x[rows])
                 labels.append(logits.argmax(1))
@@ -445,19 +454,11 @@ class Purifier(nn.Module):
         """Majority-vote labels (B,) int64 over ``runs`` purifications (ties: lowest label)."""
         return self.vote_counts(x, runs, generator, noise).argmax(1)
 
-    def as_module(self, ddim_steps: int | None = None, use_checkpoint: bool = False) -> PurifiedClassifier:
-        """An ``nn.Module``: x ↦ classifier(purify(x)), differentiable end to end (one stochastic run)."""
-        return PurifiedClassifier(self, ddim_steps=ddim_steps, use_checkpoint=use_checkpoint)
-
-
-def _check_logits(logits: object, x: Tensor) -> Tensor:
-    if not torch.is_tensor(logits) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-        shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
-        raise HetpureError(
-            f"the classifier must return (B, num_classes) logits for B = {x.shape[0]} images, got {shape}; "
-            "wrap it so that forward returns the logits tensor"
-        )
-    return logits
+    def as_module(self, ddim_steps: int | None = None, use_checkpoint: bool = False,
+                  max_batch: int | None = None) -> PurifiedClassifier:
+        """An ``nn.Module``: x ↦ classifier(purify(x)), differentiable end to end (one stochastic run);
+        ``max_batch`` purifies larger inputs in chunks (pair it with ``use_checkpoint`` to bound memory)."""
+        return PurifiedClassifier(self, ddim_steps=ddim_steps, use_checkpoint=use_checkpoint, max_batch=max_batch)
 
 
 class HeterogeneousPurifier(Purifier):
@@ -541,23 +542,28 @@ class UniformPurifier(Purifier):
 
 
 class PurifiedClassifier(nn.Module):
-    """x ↦ classifier(purify(x)): the defended model as one differentiable, stochastic ``nn.Module``."""
+    """x ↦ classifier(purify(x)): the defended model as one differentiable, stochastic ``nn.Module``.
+    ``max_batch`` (None: no chunking) purifies larger inputs in chunks, in order; float16 is refused under grad."""
 
-    def __init__(self, purifier: Purifier, ddim_steps: int | None = None, use_checkpoint: bool = False) -> None:
+    def __init__(self, purifier: Purifier, ddim_steps: int | None = None, use_checkpoint: bool = False,
+                 max_batch: int | None = None) -> None:
         super().__init__()
         self.purifier = purifier
         self.ddim_steps = ddim_steps
         self.use_checkpoint = use_checkpoint
+        self.max_batch = max_batch
         self.generator: torch.Generator | None = None
 
     def eps_calls(self) -> int:
         return self.purifier.eps_calls(self.ddim_steps)
 
     def forward(self, x: Tensor) -> Tensor:
-        pure = self.purifier.purify(
-            x, generator=self.generator, ddim_steps=self.ddim_steps, use_checkpoint=self.use_checkpoint
-        )
-        return _check_logits(self.purifier.classifier(pure), x)
+        if torch.is_grad_enabled():
+            check_gradient_precision((self.purifier.eps_model, self.purifier.classifier), "the defended model")
+        generator = device_generator(self.generator, x.device)
+        pure = [self.purifier.purify(part, generator=generator, ddim_steps=self.ddim_steps,
+                                     use_checkpoint=self.use_checkpoint) for part in chunks(x, self.max_batch)]
+        return _check_logits(self.purifier.classifier(pure[0] if len(pure) == 1 else torch.cat(pure)), x)
 
 
 def purifier_from_config(
