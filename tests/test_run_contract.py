@@ -7,7 +7,6 @@ correct result it must get — raised before any model work, with nothing alread
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 from pathlib import Path
@@ -217,8 +216,9 @@ def test_evaluate_labels_a_one_class_folder_by_name(assets: Path, tmp_path: Path
 
 
 def test_images_of_the_wrong_size_for_the_weights_are_refused_before_loading(assets: Path, tmp_path: Path) -> None:  # noqa: F811
-    from hetpure.models.classifiers import CifarResNet
     from safetensors.torch import save_file
+
+    from hetpure.models.classifiers import CifarResNet
 
     weights = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in CifarResNet(20).state_dict().items()}, str(weights))
@@ -319,7 +319,7 @@ def test_no_committed_result_holds_an_absolute_path() -> None:
         if path.is_file() and path.suffix in (".json", ".jsonl", ".md"):
             if ABSOLUTE.search(path.read_text(errors="replace")):
                 offenders.append(str(path.relative_to(REPO)))
-    assert not offenders, f"absolute paths in {offenders[:5]} (+{max(0, len(offenders) - 5)}): run scripts/migrate_runs.py"
+    assert not offenders, f"absolute paths in {offenders[:5]}: run scripts/migrate_runs.py"
 
 
 def test_config_reference_in_the_docs_is_generated_from_the_schema() -> None:
