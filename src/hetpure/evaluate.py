@@ -637,13 +637,25 @@ def _summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], 
         "config": portable_config(cfg, out),
         "version": __version__,
         "torch": torch.__version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''} threads={torch.get_num_threads()}".strip(),
+        "machine": f"{platform.machine()} {cpu_model()} threads={torch.get_num_threads()}",
         "device": str(device),
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if sanity_report is not None:
         summary["sanity"] = sanity_report
     return summary
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``): timings are only
+    comparable on one CPU model, so every time is recorded with it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def _pct(v: float) -> str:
