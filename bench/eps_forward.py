@@ -8,6 +8,7 @@ the model and one forward pass under ``torch.no_grad()``). Full-size networks ge
     python bench/eps_forward.py --with-load     # also: save a random full-size checkpoint to a temp dir,
                                                 # then load_eps_model + one forward (the real-use peak)
     python bench/eps_forward.py --device cuda --dtype bf16   # on a GPU (peak = torch.cuda max allocated)
+    python bench/eps_forward.py --device cuda --cudnn-benchmark --tf32   # CUDA backend modes
 
 The ADM budget (issue 5): one 256² image purified on CPU in ≤ 8 GB resident memory.
 """
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import REPO, best_time, peak_rss_mb, print_table
+from _common import REPO, add_backend_flags, apply_backend_flags, best_time, peak_rss_mb, print_table
 
 TINY_ADM = {
     "image_size": 16,
@@ -77,8 +78,8 @@ def run_case(name: str, device_name: str, dtype: str | None, workdir: str) -> di
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with torch.no_grad():
-        seconds = best_time(call, repeats=repeats, warmup=0 if repeats == 1 else 1)
+    with torch.no_grad():  # one warm-up call also when repeats is 1: the first call is not the forward's time
+        seconds = best_time(call, repeats=repeats, warmup=1)
     peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {
         "case": name,
@@ -122,10 +123,12 @@ def main() -> None:
     parser.add_argument("--with-load", action="store_true", help="also time load_eps_model from a file")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="e.g. bf16 or fp16 (default float32)")
+    add_backend_flags(parser)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    backend = apply_backend_flags(args)
     if args.case:  # child process: one case, JSON on stdout
         print(json.dumps(run_case(args.case, args.device, args.dtype, args.workdir)))
         return
@@ -142,6 +145,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--case", name, "--device", args.device, "--workdir", tmp]
             if args.dtype:
                 cmd += ["--dtype", args.dtype]
+            cmd += ["--cudnn-benchmark"] * args.cudnn_benchmark + ["--tf32"] * args.tf32
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=os.environ.copy())
             if proc.returncode != 0:
                 rows.append([name, "-", "-", "-", "-", "FAILED: " + proc.stderr.strip().splitlines()[-1], "-", "-"])
@@ -155,7 +159,7 @@ def main() -> None:
             if with_load:
                 (Path(tmp) / f"{kind}.pt").unlink()
     print(
-        f"device {args.device}, dtype {args.dtype or 'float32'}, torch {torch.__version__}, "
+        f"device {args.device} ({backend}), dtype {args.dtype or 'float32'}, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}"
     )
     print_table(

@@ -10,6 +10,10 @@ Both run the same heterogeneous sampler (t_s 0.1, t_l 0.2, τ 0.9, U 3) with the
 floor = ε-model calls × (time of one ε-model call at the batch the method uses) / images.
 
     python bench/speed.py [--ddim-steps 100] [--runs 8] [--batches 1 4 32] [--eot 4] [--device cpu]
+                          [--max-batch 32] [--cudnn-benchmark] [--tf32]
+
+``--max-batch`` is hetpure's ``PurifyConfig.max_batch`` (images per ε-model call when the R votes are batched;
+raise it on a GPU). On CUDA every row also reports the peak memory allocated by tensors.
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ import argparse
 
 import numpy as np
 import torch
-from _common import best_time, print_table, shared_dir
+from _common import (
+    add_backend_flags,
+    apply_backend_flags,
+    best_time,
+    fmt_mb,
+    peak_cuda_mb,
+    print_table,
+    reset_peak_memory,
+    shared_dir,
+)
 
 import hetpure
 from hetpure.attacks import PGD, cross_entropy, defended_model
@@ -84,12 +97,19 @@ def main() -> None:
     parser.add_argument("--attack-batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-batch", type=int, default=None, help="PurifyConfig.max_batch (default 32)")
+    add_backend_flags(parser)
     args = parser.parse_args()
+    backend = apply_backend_flags(args)
     dev = torch.device(args.device)
     shared = shared_dir()
     eps = hetpure.DiffusersEps.from_pretrained(shared / "models/ddpm-cifar10-tiny").to(dev).eval()
     clf = hetpure.load_classifier("cifar_resnet20", shared / "models/resnet20-cifar10/model.safetensors").to(dev).eval()
+    for model in (eps, clf):  # frozen, as in an evaluation: attacks need input gradients only
+        model.requires_grad_(False)
     cfg = hetpure.PurifyConfig(t_s=T_S, t_l=T_L, tau=TAU, resample_steps=U, ddim_steps=args.ddim_steps, runs=args.runs)
+    if args.max_batch is not None:
+        cfg = cfg.replace(max_batch=args.max_batch)
     ours = hetpure.HeterogeneousPurifier(eps, clf, cfg)
     official = OfficialLoop(eps, clf, args.ddim_steps)
     if not np.allclose(official.betas, np.asarray(eps.schedule.betas)):  # the comparison must be like for like
@@ -107,6 +127,7 @@ def main() -> None:
         return call_cache[batch]
 
     def timed(fn) -> float:  # noqa: ANN001
+        reset_peak_memory(dev)
         return best_time(lambda: (fn(), sync()), args.repeats)
 
     rows = []
@@ -115,20 +136,22 @@ def main() -> None:
         x = torch.rand(b, 3, 32, 32, device=dev)
         with torch.no_grad():
             t_ours = timed(lambda x=x: ours.purify(x, generator=g))
+            peak = peak_cuda_mb(dev)
             t_off = timed(lambda x=x: official.purify(x))
         floor = calls * call_time(b)
         rows.append([f"purify B={b}", f"{b / t_off:.2f}", f"{b / t_ours:.2f}", f"{t_off / t_ours:.2f}",
-                     f"{b / floor:.2f}", ""])
+                     f"{b / floor:.2f}", fmt_mb(peak), ""])
     for b in args.batches:
         x = torch.rand(b, 3, 32, 32, device=dev)
         t_ours = timed(lambda x=x: ours.predict(x, generator=g))
+        peak = peak_cuda_mb(dev)
         t_off = timed(lambda x=x: official.predict(x, args.runs))
         batch = min(b * args.runs, cfg.max_batch)
         floor = calls * args.runs * b / batch * call_time(batch)
         target = {1: 1.5, 4: 1.25}.get(b)
         verdict = "" if target is None else ("ok" if t_off / t_ours >= target else "BELOW") + f" (≥{target}×)"
         rows.append([f"predict B={b} R={args.runs}", f"{b / t_off:.2f}", f"{b / t_ours:.2f}",
-                     f"{t_off / t_ours:.2f}", f"{b / floor:.2f}", verdict])
+                     f"{t_off / t_ours:.2f}", f"{b / floor:.2f}", fmt_mb(peak), verdict])
     b = args.attack_batch
     x, y = torch.rand(b, 3, 32, 32, device=dev), torch.arange(b, device=dev) % 10
     surrogate = hetpure.HeterogeneousPurifier(eps, clf, cfg.replace(ddim_steps=10))
@@ -136,17 +159,20 @@ def main() -> None:
     model.generator = g
     attack = PGD(steps=1, eot=args.eot)
     t_ours = timed(lambda: attack.gradient(model, x, y, cross_entropy))
+    peak = peak_cuda_mb(dev)
     official.ddim_steps = 10
     t_off = timed(lambda: official.attack_gradient(x, y, args.eot))
     sur_calls = surrogate.eps_calls()
     batch = b * args.eot
     floor = 3 * sur_calls * call_time(batch)  # forward + backward ≈ 3 forward calls
     rows.append([f"attack iteration B={b} EOT {args.eot} (S=10)", f"{b / t_off:.2f}", f"{b / t_ours:.2f}",
-                 f"{t_off / t_ours:.2f}", f"{b / floor:.2f}", "floor: fwd+bwd ≈ 3 calls"])
-    print(f"device {dev}, threads {torch.get_num_threads()}, S = {args.ddim_steps} ({calls} ε-calls per "
+                 f"{t_off / t_ours:.2f}", f"{b / floor:.2f}", fmt_mb(peak), "floor: fwd+bwd ≈ 3 calls"])
+    print(f"device {dev} ({backend}), max_batch {cfg.max_batch}, threads {torch.get_num_threads()}, "
+          f"S = {args.ddim_steps} ({calls} ε-calls per "
           f"purification), ε-call ms/image at batch: "
           + ", ".join(f"{k}: {1000 * v / k:.1f}" for k, v in sorted(call_cache.items())))
-    print_table(["task", "official loop img/s", "hetpure img/s", "speed-up", "floor img/s", "target"], rows)
+    print_table(["task", "official loop img/s", "hetpure img/s", "speed-up", "floor img/s", "hetpure peak CUDA MB",
+                 "target"], rows)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from .errors import HetpureError
+
+
+def _min_max(x: Tensor) -> tuple[float, float]:
+    """(min, max) of a tensor with one device-to-host copy; NaN propagates into both, ±inf into one."""
+    d = x.detach()
+    lo, hi = torch.stack((d.min(), d.max())).tolist()
+    return float(lo), float(hi)
 
 
 def check_images(x: object, channels: int | None = None, name: str = "x") -> Tensor:
@@ -29,9 +38,9 @@ def check_images(x: object, channels: int | None = None, name: str = "x") -> Ten
         raise HetpureError(
             f"{name} has dtype {x.dtype}: expected float images in [0, 1]; convert with {name}.float() / 255"
         )
-    if not bool(torch.isfinite(x.detach()).all()):
+    lo, hi = _min_max(x)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise HetpureError(f"{name} contains NaN or inf values; clean the input before purifying")
-    lo, hi = float(x.detach().min()), float(x.detach().max())
     if lo < -1e-6 or hi > 1 + 1e-6:
         hint = " (it looks like [-1, 1]: map it with (x + 1) / 2)" if lo < 0 and lo >= -1 - 1e-6 else ""
         hint = hint or (" (it looks like [0, 255]: divide by 255)" if hi > 1.5 else "")
@@ -53,6 +62,18 @@ def check_mask(mask: object, x: Tensor) -> Tensor:
         mask = mask.unsqueeze(1)
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2:] != (h, w) or mask.shape[0] not in (1, b):
         raise HetpureError(f"mask must have shape ({b}, 1, {h}, {w}), got {tuple(mask.shape)}")
-    if not bool(torch.isfinite(mask).all()) or float(mask.min()) < 0 or float(mask.max()) > 1:
+    lo, hi = _min_max(mask)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > 1:
         raise HetpureError("mask values must lie in [0, 1] (1 = attended pixel = high noise)")
     return mask.to(device=x.device, dtype=x.dtype)
+
+
+def check_logit_batch(logits: object, x: Tensor) -> Tensor:
+    """Check that a classifier returned (B, num_classes) logits for the B images of ``x``; return them."""
+    if not torch.is_tensor(logits) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+        raise HetpureError(
+            f"the classifier must return (B, num_classes) logits for B = {x.shape[0]} images, got {shape}; "
+            "wrap it so that forward returns the logits tensor"
+        )
+    return logits

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .devices import draw_device
 from .errors import ConfigError, HetpureError
 
 
@@ -131,7 +132,7 @@ def random_mask_like(mask: Tensor, generator: torch.Generator | None = None) -> 
     """A mask with the same number of attended pixels per image as ``mask``, placed uniformly at random."""
     flat = mask.flatten(1)
     counts = flat.round().sum(1).long()
-    scores = torch.rand(flat.shape, generator=generator, device="cpu").to(flat.device)
+    scores = torch.rand(flat.shape, generator=generator, device=draw_device(generator, flat.device)).to(flat.device)
     ranks = scores.argsort(dim=1).argsort(dim=1)
     return (ranks < counts[:, None]).to(mask.dtype).view_as(mask)
 
@@ -146,10 +147,11 @@ def gradcam_map(classifier: nn.Module, x: Tensor, layer_names: Sequence[str]) ->
 
     For the predicted class c and each layer: weights α_k = mean_{ij} ∂z_c/∂A_k, map ReLU(Σ_k α_k A_k),
     upsampled bilinearly, min-max normalised per image; the maximum over layers, like :func:`energy_map`.
+    The input requires grad (not the weights), so a frozen classifier (``requires_grad_(False)``) works.
     """
     size = x.shape[-2:]
     with torch.enable_grad(), ActivationRecorder(classifier, layer_names) as rec:
-        logits = classifier(x.detach())
+        logits = classifier(x.detach().requires_grad_(True))
         acts = [a for a in rec.activations if a is not None]
         if len(acts) != len(rec.layers):
             raise HetpureError("a Grad-CAM layer was not called in the classifier's forward pass")

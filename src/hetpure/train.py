@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from .errors import ConfigError, HetpureError
 from .schedule import NoiseSchedule
 
+_LOG_EVERY = 50  # training steps between loss-log flushes (each flush is one device-to-host copy)
+
 # Architecture presets for UNet2DModel (block_out_channels, layers_per_block, attention level, groups).
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     "mnist-tiny": {"block_out_channels": (16, 32, 32), "layers_per_block": 1, "attention": 1, "norm_num_groups": 8},
@@ -210,21 +212,37 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> Path:
         step, seconds = int(state["step"]), float(state["seconds"])
         print(f"resuming from step {step}")
     schedule = NoiseSchedule.linear(cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
-    alpha_bars = torch.tensor([schedule.alpha_bar(t) for t in range(cfg.num_timesteps)], dtype=torch.float32)
+    alpha_bars = torch.tensor([schedule.alpha_bar(t) for t in range(cfg.num_timesteps)], dtype=torch.float32,
+                              device=device)  # on the device once, not copied every step
     gen = torch.Generator().manual_seed(cfg.seed + step)
     batches = _batches(images, labels, cfg.batch_size, gen)
     log = out / "train_log.csv"
     if not log.exists():
         log.write_text("step,seconds,loss\n")
     bar = tqdm(total=cfg.steps, initial=step, desc="train-diffusion", unit="step")
-    running = None
+    running: float | None = None
+    pending: list[tuple[int, float, Tensor]] = []  # (step, seconds, loss on the device) not yet logged
+
+    def flush_log() -> None:
+        """Write the pending steps' losses with one device-to-host copy (not two syncs per step)."""
+        nonlocal running
+        if not pending:
+            return
+        values = torch.stack([loss for _, _, loss in pending]).tolist()
+        with open(log, "a") as fh:
+            for (at, secs, _), value in zip(pending, values):
+                running = value if running is None else 0.98 * running + 0.02 * value
+                fh.write(f"{at},{secs:.1f},{value:.5f}\n")
+        bar.set_postfix(loss=f"{running:.4f}")
+        pending.clear()
+
     while step < cfg.steps:
         start = time.perf_counter()
         x, _ = next(batches)
         x0 = _augment(x.float() / 255, cfg.flip, 0, gen).to(device) * 2 - 1
         t = torch.randint(0, cfg.t_max, (x0.shape[0],), generator=gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        a = alpha_bars.to(device)[t].view(-1, 1, 1, 1)
+        a = alpha_bars[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cosine=False)
@@ -236,13 +254,12 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> Path:
         _ema_update(ema, unet, cfg.ema_decay if step >= cfg.warmup else 0.0)
         step += 1
         seconds += time.perf_counter() - start
-        value = loss.item()
-        running = value if running is None else 0.98 * running + 0.02 * value
+        pending.append((step, seconds, loss.detach()))
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
-        with open(log, "a") as fh:
-            fh.write(f"{step},{seconds:.1f},{float(loss):.5f}\n")
+        if step % _LOG_EVERY == 0:
+            flush_log()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            flush_log()
             _save_diffusers(ema, out / "checkpoints" / f"step-{step}", cfg)
             _save_diffusers(ema, out, cfg)
             tmp = out / "resume.pt.tmp"
@@ -255,6 +272,7 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> Path:
                 "parameters": sum(p.numel() for p in unet.parameters()),
                 "t_range": [0, cfg.t_max], "prediction": "epsilon", "weights": "EMA",
             })
+    flush_log()
     bar.close()
     print(f"EMA model in diffusers format: {out} (load with hetpure.DiffusersEps.from_pretrained)")
     return out
@@ -352,7 +370,8 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if i % _LOG_EVERY == 0 or i == steps_per_epoch - 1:  # a host sync only every _LOG_EVERY steps
+                bar.set_postfix(loss=f"{loss.item():.3f}")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(state_file))
         _write_json(out / "progress.json", {"epoch": ep + 1})
         print(f"epoch {ep + 1}: test accuracy {_accuracy(model, test_x, test_y, device):.4f}")

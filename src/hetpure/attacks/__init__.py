@@ -2,14 +2,20 @@
 
 ``defended_model`` builds the module an attack differentiates for a purifier: through the S-step
 surrogate, through the exact sampler with per-step gradient checkpointing, or with BPDA (identity backward).
+For a large ε-model (:func:`hetpure.devices.is_large_eps_model`: ADM 256², NCSN++) the differentiated pass
+is also chunked by the purifier's memory-sized ``max_batch`` and checkpointed per sampler step, surrogate
+included, and the attacks' EOT chunks are capped at that ``max_batch``. float16 is refused on every
+gradient path (:func:`hetpure.devices.check_gradient_precision`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from ..devices import check_gradient_precision, is_large_eps_model
 from ..errors import ConfigError
 from ..purify import Purifier
 from .adaptive import MASK_MODES, LowFrequencyPGD, MaskAwarePGD, attention_overlap
@@ -24,30 +30,37 @@ class BPDAPurified(nn.Module):
     """classifier(purify(x)) in the forward pass, identity through purification in the backward pass
     (Athalye et al. 2018): a weak reference, since purification is differentiable here."""
 
-    def __init__(self, purifier: Purifier) -> None:
+    def __init__(self, purifier: Purifier, max_batch: int | None = None) -> None:
         super().__init__()
         self.purifier = purifier
         self.generator = None
+        self.max_batch = max_batch  # caps the attack's EOT chunk (large ε-models)
 
     def eps_calls(self) -> int:
         return 0
 
     def forward(self, x: Tensor) -> Tensor:
-        pure = self.purifier.purify(x.detach(), generator=self.generator).detach()
+        with torch.no_grad():  # identity backward: no graph through the sampler
+            pure = self.purifier.purify(x.detach(), generator=self.generator)
         return self.purifier.classifier(x + (pure - x).detach())
 
 
 def defended_model(purifier: Purifier | None, classifier: nn.Module, gradient: str = "surrogate",
                    surrogate_ddim_steps: int = 10) -> nn.Module:
     """The module the attack differentiates: the bare classifier when there is no purifier."""
+    if purifier is None or gradient == "bpda":
+        check_gradient_precision((classifier,), "the attacked classifier")
     if purifier is None:
         return classifier
-    if gradient == "surrogate":
-        return purifier.as_module(ddim_steps=surrogate_ddim_steps)
-    if gradient == "exact":
-        return purifier.as_module(use_checkpoint=True)
+    large = is_large_eps_model(purifier.eps_model)
+    chunk = purifier.config.max_batch if large else None  # chunks bound memory only when checkpointed
+    if gradient in ("surrogate", "exact"):
+        check_gradient_precision((purifier.eps_model, purifier.classifier), f"attack.gradient {gradient!r}")
+        if gradient == "surrogate":
+            return purifier.as_module(ddim_steps=surrogate_ddim_steps, use_checkpoint=large, max_batch=chunk)
+        return purifier.as_module(use_checkpoint=True, max_batch=chunk)
     if gradient == "bpda":
-        return BPDAPurified(purifier)
+        return BPDAPurified(purifier, max_batch=chunk)
     raise ConfigError(f"attack.gradient must be one of {GRADIENTS}, got {gradient!r}")
 
 

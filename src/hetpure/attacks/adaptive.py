@@ -53,7 +53,7 @@ class MaskAwarePGD(PGD):
 
     def __init__(self, eps: float | None = None, norm: str = "linf", steps: int = 40, step_size: float | None = None,
                  eot: int = 1, random_start: bool = False, mode: str = "restrict", attention_weight: float = 0.0,
-                 eot_batch: int = 256, generator: torch.Generator | None = None) -> None:
+                 eot_batch: int | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__(eps, norm, steps, step_size, eot, random_start, eot_batch, generator)
         if mode not in MASK_MODES:
             raise ConfigError(f"mask-aware PGD mode must be one of {MASK_MODES}, got {mode!r}")
@@ -110,7 +110,7 @@ class LowFrequencyPGD(PGD):
 
     def __init__(self, eps: float | None = None, norm: str = "linf", steps: int = 40, step_size: float | None = None,
                  eot: int = 1, random_start: bool = False, grid: int = 8, upsample: str = "bilinear",
-                 eot_batch: int = 256, generator: torch.Generator | None = None) -> None:
+                 eot_batch: int | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__(eps, norm, steps, step_size, eot, random_start, eot_batch, generator)
         if grid < 1:
             raise ConfigError(f"the low-frequency grid must be >= 1 cells per side, got {grid}")

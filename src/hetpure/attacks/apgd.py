@@ -31,7 +31,7 @@ class APGD(Attack):
     name = "apgd"
 
     def __init__(self, eps: float | None = None, norm: str = "linf", steps: int = 100, loss: str = "ce",
-                 eot: int = 20, rho: float = 0.75, random_start: bool = True, eot_batch: int = 256,
+                 eot: int = 20, rho: float = 0.75, random_start: bool = True, eot_batch: int | None = None,
                  generator: torch.Generator | None = None) -> None:
         eps = (8 / 255 if norm == "linf" else 0.5) if eps is None else eps
         super().__init__(eps, norm, eot, eot_batch, generator)
@@ -49,9 +49,8 @@ class APGD(Attack):
         x_adv = random_start(x, self.eps, self.norm, self.generator) if self.random_start else x.clone()
         grad, loss, logits = self.gradient(model, x_adv, y, loss_fn)
         x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
-        x_best_adv = x.clone()
-        fooled = logits.argmax(1) != y
-        x_best_adv[fooled] = x_adv[fooled]
+        # per-image selections are torch.where, not boolean indexing (which syncs the device for nonzero())
+        x_best_adv = torch.where((logits.argmax(1) != y).view(view), x_adv, x)
         step = torch.full((b,), 2 * self.eps, device=x.device)
         x_prev = x_adv.clone()
         checkpoints = apgd_checkpoints(self.steps)
@@ -64,19 +63,21 @@ class APGD(Attack):
                 z = project(x_adv + 0.75 * (z - x_adv) + 0.25 * (x_adv - x_prev), x, self.eps, self.norm)
             x_prev, x_adv = x_adv, z
             grad, loss, logits = self.gradient(model, x_adv, y, loss_fn)
-            fooled = logits.argmax(1) != y
-            x_best_adv[fooled] = x_adv[fooled]
+            x_best_adv = torch.where((logits.argmax(1) != y).view(view), x_adv, x_best_adv)
             increases += (loss > loss_prev).float()
             loss_prev = loss.clone()
             better = loss > loss_best
-            x_best[better], loss_best[better], grad_best[better] = x_adv[better], loss[better], grad[better]
+            x_best = torch.where(better.view(view), x_adv, x_best)
+            loss_best = torch.where(better, loss, loss_best)
+            grad_best = torch.where(better.view(view), grad, grad_best)
             if k + 1 in checkpoints and k + 1 > last_ck:
                 cond1 = increases < self.rho * (k + 1 - last_ck)
                 cond2 = (step == step_at_ck) & (loss_best == best_at_ck)
                 reduce = cond1 | cond2
                 step_at_ck, best_at_ck = step.clone(), loss_best.clone()
-                step[reduce] /= 2
-                x_adv[reduce], grad[reduce] = x_best[reduce], grad_best[reduce]
+                step = torch.where(reduce, step / 2, step)
+                x_adv = torch.where(reduce.view(view), x_best, x_adv)
+                grad = torch.where(reduce.view(view), grad_best, grad)
                 increases.zero_()
                 last_ck = k + 1
         ever_fooled = (x_best_adv != x).flatten(1).any(1)

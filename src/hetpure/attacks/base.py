@@ -12,6 +12,7 @@ from ..checks import check_images
 from ..errors import ConfigError, HetpureError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> per-sample loss (B,)
+DEFAULT_EOT_BATCH = 256  # images per differentiated pass when neither the attack nor the model sets one
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
@@ -72,21 +73,24 @@ class Attack:
         eps: the budget (L∞ or L2 radius).
         norm: ``"linf"`` or ``"l2"``.
         eot: stochastic forward passes whose gradients are averaged (expectation over transformation).
-        eot_batch: how many of the B·eot copies go through the model at once (bounds memory).
+        eot_batch: how many images (of the B·eot copies) go through the model at once (bounds memory); None
+            derives it: the defended model's memory-sized ``max_batch`` when it has one (large ε-models, see
+            :func:`hetpure.attacks.defended_model`), else 256. A model's ``max_batch`` also caps a given value.
         generator: seeds the random start (the model's own randomness is seeded on the model).
     """
 
     name = "attack"
 
-    def __init__(self, eps: float, norm: str = "linf", eot: int = 1, eot_batch: int = 256,
+    def __init__(self, eps: float, norm: str = "linf", eot: int = 1, eot_batch: int | None = None,
                  generator: torch.Generator | None = None) -> None:
         if norm not in ("linf", "l2"):
             raise ConfigError(f"norm must be 'linf' or 'l2', got {norm!r}")
         if not eps >= 0:
             raise ConfigError(f"eps must be >= 0, got {eps}")
-        if eot < 1 or eot_batch < 1:
+        if eot < 1 or (eot_batch is not None and eot_batch < 1):
             raise ConfigError(f"eot and eot_batch must be >= 1, got {eot} and {eot_batch}")
-        self.eps, self.norm, self.eot, self.eot_batch = float(eps), norm, int(eot), int(eot_batch)
+        self.eps, self.norm, self.eot = float(eps), norm, int(eot)
+        self.eot_batch = None if eot_batch is None else int(eot_batch)
         self.generator = generator
         self.forward_passes = 0  # model forward passes per image (each one EOT sample), for cost reports
 
@@ -99,28 +103,41 @@ class Attack:
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def chunk_size(self, model: nn.Module) -> int:
+        """Images per differentiated pass: ``eot_batch`` capped by the model's ``max_batch`` (either may be
+        None; 256 when both are)."""
+        sizes = [s for s in (self.eot_batch, getattr(model, "max_batch", None)) if s is not None]
+        return min(sizes) if sizes else DEFAULT_EOT_BATCH
+
     def gradient(self, model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor]:
         """EOT gradient: the mean over ``eot`` stochastic passes of ∇ₓ Σ_b loss(model(x)_b, y_b).
 
-        The B·eot copies run as batches of up to ``eot_batch`` images. Returns (gradient, loss per image
-        averaged over the passes, logits averaged over the passes).
+        The B·eot copies run as batches of up to :meth:`chunk_size` images (whole copies of the batch; a
+        batch larger than the chunk is split by rows). Returns (gradient, loss per image averaged over the
+        passes, logits averaged over the passes).
         """
         b = x.shape[0]
+        size = self.chunk_size(model)
+        parts = [slice(i, min(i + size, b)) for i in range(0, b, size)]
         grad = torch.zeros_like(x)
         loss_sum = torch.zeros(b, device=x.device)
-        logits_sum: Tensor | None = None
-        per_chunk = max(1, self.eot_batch // b)
+        logits_sums: list[Tensor | None] = [None] * len(parts)
+        per_chunk = max(1, size // b)
         done = 0
         while done < self.eot:
             k = min(per_chunk, self.eot - done)
-            xr = x.detach().repeat(k, 1, 1, 1).requires_grad_(True)
-            logits = model(xr)
-            losses = loss_fn(logits, y.repeat(k))
-            (g,) = torch.autograd.grad(losses.sum(), xr)
-            grad += g.view(k, *x.shape).sum(0)
-            loss_sum += losses.detach().view(k, b).sum(0)
-            lg = logits.detach().view(k, b, -1).sum(0)
-            logits_sum = lg if logits_sum is None else logits_sum + lg
+            for j, rows in enumerate(parts):
+                xp = x[rows]
+                n = xp.shape[0]
+                xr = xp.detach().repeat(k, 1, 1, 1).requires_grad_(True)
+                logits = model(xr)
+                losses = loss_fn(logits, y[rows].repeat(k))
+                (g,) = torch.autograd.grad(losses.sum(), xr)
+                grad[rows] += g.view(k, *xp.shape).sum(0)
+                loss_sum[rows] += losses.detach().view(k, n).sum(0)
+                lg = logits.detach().view(k, n, -1).sum(0)
+                logits_sums[j] = lg if logits_sums[j] is None else logits_sums[j] + lg
             done += k
         self.forward_passes += self.eot
+        logits_sum = logits_sums[0] if len(parts) == 1 else torch.cat(logits_sums)
         return grad / self.eot, loss_sum / self.eot, logits_sum / self.eot

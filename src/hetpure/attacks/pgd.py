@@ -19,7 +19,7 @@ class PGD(Attack):
     name = "pgd"
 
     def __init__(self, eps: float | None = None, norm: str = "linf", steps: int = 40, step_size: float | None = None,
-                 eot: int = 1, random_start: bool = False, eot_batch: int = 256,
+                 eot: int = 1, random_start: bool = False, eot_batch: int | None = None,
                  generator: torch.Generator | None = None) -> None:
         eps = (8 / 255 if norm == "linf" else 0.5) if eps is None else eps
         super().__init__(eps, norm, eot, eot_batch, generator)
@@ -48,7 +48,7 @@ class FGSM(PGD):
 
     name = "fgsm"
 
-    def __init__(self, eps: float | None = None, norm: str = "linf", eot: int = 1, eot_batch: int = 256,
+    def __init__(self, eps: float | None = None, norm: str = "linf", eot: int = 1, eot_batch: int | None = None,
                  generator: torch.Generator | None = None) -> None:
         eps = (8 / 255 if norm == "linf" else 0.5) if eps is None else eps
         super().__init__(eps, norm, steps=1, step_size=eps, eot=eot, eot_batch=eot_batch, generator=generator)

@@ -34,12 +34,20 @@ class EpsModel(nn.Module):
     def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def begin_purification(self) -> None:
+        """Called once before each purification (batch of sampler runs); CUDA-graph wrappers mark a new step."""
+
+    def prefer_batch(self, size: int) -> None:
+        """The batch a purifier calls with (its ``max_batch``); compiled wrappers pad every call to it."""
+
     def forward(self, x_t: Tensor, t: Tensor | float | int) -> Tensor:
         if x_t.dim() != 4 or x_t.shape[1] != self.in_channels:
             raise HetpureError(
                 f"the ε-model expects (B, {self.in_channels}, H, W) inputs, got shape {tuple(x_t.shape)}"
             )
         if not torch.is_tensor(t):
+            if not 0 <= float(t) < self.num_timesteps:  # a Python number: checked without a device sync
+                raise HetpureError(f"timesteps must lie in [0, {self.num_timesteps}), got {t}")
             t = torch.full((x_t.shape[0],), float(t), device=x_t.device)
         elif t.dim() == 0:
             t = t.expand(x_t.shape[0])

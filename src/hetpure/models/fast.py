@@ -9,7 +9,13 @@ opt-in because each has a cost or a numerical effect that its benchmark has to j
   is returned in fp32 so the sampler's arithmetic stays fp32. Changes the numbers slightly.
 - ``compile``: ``torch.compile`` of the network (first calls are slow while it compiles).
 - ``cuda_graphs``: ``torch.compile(mode="reduce-overhead")``, which captures CUDA graphs for the fixed
-  shapes of the sampler loop; CUDA only.
+  shapes of the sampler loop; CUDA only. Graphs run only under ``torch.no_grad()`` (the defence's votes);
+  differentiated calls (attacks, checkpoint recomputation) take the eager or plainly compiled path, and
+  ``torch.compiler.cudagraph_mark_step_begin()`` marks each purification as a new step.
+
+With ``compile`` or ``cuda_graphs`` every call is padded to one batch size (the purifier's ``max_batch``,
+see :meth:`AcceleratedEps.prefer_batch`): the last chunk, EOT chunks and gradient passes would otherwise
+each have a new shape and recompile or record a new graph. Padding rows are zeros and are cut off again.
 """
 
 from __future__ import annotations
@@ -46,20 +52,50 @@ class AcceleratedEps(EpsModel):
         if self.channels_last:  # converts the wrapped model's weights in place (same values, NHWC layout)
             inner.to(memory_format=torch.channels_last)
         self._call: Any = inner.predict_eps
+        self._grad_call: Any = inner.predict_eps  # differentiated calls never replay CUDA graphs
         if compile or cuda_graphs:
             self._call = torch.compile(inner.predict_eps, mode="reduce-overhead" if cuda_graphs else None)
+        if compile:
+            self._grad_call = self._call if not cuda_graphs else torch.compile(inner.predict_eps)
+        self.pad_batch: int | None = None  # with compile / CUDA graphs: every call padded to this batch
         self.flags = {"compile": bool(compile), "channels_last": self.channels_last, "autocast": autocast,
                       "cuda_graphs": bool(cuda_graphs)}
 
+    def prefer_batch(self, size: int) -> None:
+        """Pad compiled calls to ``size`` images (the largest ``max_batch`` of the purifiers using this model)."""
+        if self.flags["compile"] or self.flags["cuda_graphs"]:
+            self.pad_batch = max(self.pad_batch or 0, int(size))
+
+    def begin_purification(self) -> None:
+        mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+        if self.flags["cuda_graphs"] and mark is not None:
+            mark()
+
     def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
+        size = self.pad_batch
+        if size is None or x_t.shape[0] == size:
+            return self._predict(x_t, t)
+        outs = []
+        for xs, ts in zip(x_t.split(size), t.split(size)):
+            n = xs.shape[0]
+            if n < size:  # pad with zero rows (and timestep 0) to the one compiled shape
+                xs = torch.cat([xs, xs.new_zeros((size - n, *xs.shape[1:]))])
+                ts = torch.cat([ts, ts.new_zeros(size - n)])
+            outs.append(self._predict(xs, ts)[:n])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _predict(self, x_t: Tensor, t: Tensor) -> Tensor:
+        grad = torch.is_grad_enabled()
+        graphs = self.flags["cuda_graphs"] and not grad
+        call = self._grad_call if grad else self._call
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is not None:
             with torch.autocast("cuda", dtype=self.autocast_dtype):
-                out = self._call(x_t, t).float()
+                out = call(x_t, t).float()
         else:
-            out = self._call(x_t, t)
-        if self.flags["cuda_graphs"]:
+            out = call(x_t, t)
+        if graphs:
             return out.clone()  # a graph's output buffer is overwritten by its next replay
         return out.contiguous()
 
