@@ -16,7 +16,8 @@ sessions. Commands:
 Budget (2-core CPU default, about 35 s per image and row on one core): PGD-EOT L∞ 8/255, step 0.007,
 20 iterations × EOT 4, gradients through the S = 10 surrogate; defence S = 100, R = 8 votes, K = 1
 defended evaluation of each adversarial image (``--worst-case-k 3`` adds the worst case over 3).
-``--paper-budget`` gives the paper's 200 × 20, S = 500, R = 20 (for GPUs: add ``--device cuda``).
+``--paper-budget`` gives the paper's 200 × 20, S = 500, R = 20 (for GPUs: add ``--device cuda`` and a larger
+``--max-batch``, the images per ε-model call; a new value is a new run, since it changes the random streams).
 A row whose settings equal another row's (the tuned row, when tuning selects the paper's settings) reuses
 that row's records instead of recomputing them (``records_from`` in the JSON).
 The heterogeneous-exact row attacks through the defence's own S = 100 sampler with per-step
@@ -81,6 +82,13 @@ def row_config(row: str, args: argparse.Namespace, split: str = "test", n: int |
     if row.endswith("-exact"):  # the defence's own sampler, differentiated end to end; half the EOT samples
         cfg["attack"]["gradient"] = "exact"
         cfg["attack"]["eot"] = max(1, cfg["attack"]["eot"] // 2)
+        # keep the whole graph when it fits (1.4× faster than per-step checkpointing; the same records):
+        # the estimate for batch 8 × EOT 2 at S = 100 is 8.2 GB (measured 3.9 GB), two jobs fit in 24 GB
+        cfg["attack"]["memory_budget_gb"] = args.memory_budget_gb
+    if args.max_batch is not None:  # a GPU's ε-call batch; it changes the random streams, so a new run folder
+        for defense in (cfg["defense"], cfg["attack"].get("through")):
+            if defense and defense["method"] != "none":
+                defense["max_batch"] = args.max_batch
     return cfg
 
 
@@ -246,31 +254,31 @@ def tune(args: argparse.Namespace) -> None:
     rung (capped at ``--n``) and the better half (rounded up) goes on, until one point is left at ``--n``
     images. Every run is resumable and all runs share one seeded permutation, so a grown run keeps the
     images it already has and a point dropped at a rung costs only the images it was run on.
+    The schedule is the library's (:func:`hetpure.tuning.tune`, also ``hetpure tune``); this command keeps
+    its run folders (``tl{t_l}_tau{τ}``) and its JSON layout.
     """
+    from hetpure.tuning import tune as tune_grid
+
     if args.n < 1 or args.screen_n < 0:
         sys.exit(f"tune: --n must be at least 1 and --screen-n at least 0 (0 = no screening stage); "
                  f"got --n {args.n} --screen-n {args.screen_n}")
-    out = Path(args.out) / "tune"
-    screen_n = min(args.screen_n or args.n, args.n)
+    result = tune_grid(
+        row_config("heterogeneous", args, split="train", n=args.n),
+        {"defense.t_l": list(args.tl_grid), "defense.tau": list(args.tau_grid)},
+        n=args.n, out=Path(args.out) / "tune", screen_n=args.screen_n, keep=max(1, args.keep), split="train",
+        run=lambda cfg, folder: run_row(cfg, folder),  # looked up at call time (tests replace run_row)
+        folder_name=lambda p: f"tl{p['defense.t_l']}_tau{p['defense.tau']}", write=False, log=lambda _: None,
+    )
+    screen_n = result["screen_n"]
 
-    def run(t_l: float, tau: float, n: int) -> dict[str, Any]:
-        cfg = row_config("heterogeneous", args, split="train", n=n)
-        cfg["defense"].update(t_l=t_l, tau=tau)
-        s = run_row(cfg, out / f"tl{t_l}_tau{tau}")
-        return {"t_l": t_l, "tau": tau, "n": s["n"], "clean_accuracy": s["clean_accuracy"],
-                "robust_accuracy": s["robust_accuracy"], "robust_accuracy_ci95": s["robust_accuracy_ci95"],
-                "seconds_per_image": s["seconds_per_image"]}
+    def row(r: dict[str, Any]) -> dict[str, Any]:
+        return {"t_l": r["settings"]["defense.t_l"], "tau": r["settings"]["defense.tau"], "n": r["n"],
+                "clean_accuracy": r["clean_accuracy"], "robust_accuracy": r["robust_accuracy"],
+                "robust_accuracy_ci95": r["robust_accuracy_ci95"], "seconds_per_image": r["seconds_per_image"]}
 
-    screened = [run(t_l, tau, screen_n) for t_l in args.tl_grid for tau in args.tau_grid]
-    rungs = [screened]
-    field = halve(screened, max(1, args.keep))
-    n = screen_n
-    while n < args.n:
-        n = min(2 * n, args.n)
-        rungs.append([run(r["t_l"], r["tau"], n) for r in field])
-        field = halve(rungs[-1], (len(rungs[-1]) + 1) // 2)
-    final = rungs[-1]
-    best = max(final, key=tune_rank)
+    rungs = [[row(r) for r in rung] for rung in result["rungs"]]
+    screened, final = rungs[0], rungs[-1]
+    best = row(result["best"])
     print_table(["stage", "t_l", "τ", "n", "clean %", "robust %", "s/image"],
                 [["screen" if i == 0 else f"rung {i}", r["t_l"], r["tau"], r["n"], pct(r["clean_accuracy"]),
                   pct(r["robust_accuracy"]), f"{r['seconds_per_image']:.1f}"]
@@ -307,25 +315,32 @@ def sweep(args: argparse.Namespace) -> None:
             return {}
         return {(p["method"], p["t"], p["tau"]): p for p in previous["points"]}
 
-    def record(method: str, t: float, tau: float | None, cfg: dict[str, Any], folder: str) -> None:
-        s = run_row(cfg, out / folder)
+    def record(method: str, r: dict[str, Any]) -> None:
+        """One point of the library's sweep, merged into this command's JSON layout."""
+        t = r["settings"]["defense.t_star" if method == "uniform" else "defense.t_l"]
+        tau = r["settings"].get("defense.tau")
         merged = load()  # re-read: another process may have added points meanwhile
-        merged[(method, t, tau)] = {"method": method, "t": t, "tau": tau, "n": s["n"],
-                                    "clean": s["clean_accuracy"], "robust": s["robust_accuracy"],
-                                    "robust_ci95": s["robust_accuracy_ci95"],
-                                    "seconds_per_image": s["seconds_per_image"]}
+        merged[(method, t, tau)] = {"method": method, "t": t, "tau": tau, "n": r["n"],
+                                    "clean": r["clean_accuracy"], "robust": r["robust_accuracy"],
+                                    "robust_ci95": r["robust_accuracy_ci95"],
+                                    "seconds_per_image": r["seconds_per_image"]}
         points = sorted(merged.values(), key=level)
         target.write_text(json.dumps({"n": args.n, "split": "test", "budget": budget, "points": points},
                                      indent=2) + "\n")
 
-    for t in args.tl_grid:
-        cfg = row_config("uniform-tl", args, n=args.n)
-        cfg["defense"]["t_star"] = t
-        record("uniform", t, None, cfg, f"uniform_t{t}")
-        for tau in args.tau_grid if t > T_S else []:
-            cfg = row_config("heterogeneous", args, n=args.n)
-            cfg["defense"].update(t_l=t, tau=tau)
-            record("heterogeneous", t, tau, cfg, f"hetero_tl{t}_tau{tau}")
+    from hetpure.tuning import sweep as sweep_grid
+
+    common: dict[str, Any] = {"n": args.n, "out": out, "write": False, "log": lambda _: None,
+                              "run": lambda cfg, folder: run_row(cfg, folder)}
+    for t in args.tl_grid:  # the library's sweep, one level at a time: uniform t*, then t_l × τ
+        sweep_grid(row_config("uniform-tl", args, n=args.n), {"defense.t_star": [t]},
+                   folder_name=lambda p: f"uniform_t{p['defense.t_star']}",
+                   on_point=lambda r: record("uniform", r), **common)
+        if t > T_S:
+            sweep_grid(row_config("heterogeneous", args, n=args.n),
+                       {"defense.t_l": [t], "defense.tau": list(args.tau_grid)},
+                       folder_name=lambda p: f"hetero_tl{p['defense.t_l']}_tau{p['defense.tau']}",
+                       on_point=lambda r: record("heterogeneous", r), **common)
     points = sorted(load().values(), key=level)
     print_table(["method", "t_l / t*", "τ", "n", "clean %", "robust %", "s/image"],
                 [[p["method"], p["t"], p["tau"] or "–", p["n"], pct(p["clean"]), pct(p["robust"]),
@@ -385,24 +400,28 @@ def ablations(args: argparse.Namespace) -> None:
 def cost_case(row: str, args: argparse.Namespace) -> dict[str, Any]:
     """One row's costs, measured in this process (``cost`` runs each row in its own process for peak RSS)."""
     import torch
-    from _common import best_time, peak_rss_mb
+    from _common import best_time, peak_cuda_mb, peak_rss_mb, reset_peak_memory, synchronize
 
     from hetpure.attacks import PGD, cross_entropy, defended_model
+    from hetpure.devices import freeze
     from hetpure.evaluate import build_components, resolve_config
 
     cfg = row_config(row, args, n=args.batch_size)
     cfg["run"]["out"] = "unused"  # nothing is written
     cfg = resolve_config(cfg)
-    dataset, clf, purifier = build_components(cfg, torch.device(args.device))
-    x = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(len(dataset))]).float()
-    y = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    dev = torch.device(args.device)
+    dataset, clf, purifier = build_components(cfg, dev)
+    freeze(clf, purifier)  # as in an evaluation
+    x = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(len(dataset))]).float().to(dev)
+    y = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))]).to(dev)
+    reset_peak_memory(dev)
     b, a = x.shape[0], cfg["attack"]
     g = torch.Generator().manual_seed(0)
     model = defended_model(purifier, clf, a["gradient"], a["surrogate_ddim_steps"])
     if hasattr(model, "generator"):
         model.generator = g
     attack = PGD(steps=1, eot=a["eot"])
-    iteration = best_time(lambda: attack.gradient(model, x, y, cross_entropy), repeats=1)
+    iteration = best_time(lambda: (attack.gradient(model, x, y, cross_entropy), synchronize(dev)), repeats=1)
     out: dict[str, Any] = {"row": row, "settings": describe(cfg["defense"]), "batch": b,
                            "attack_iteration_s_per_image": iteration / b,
                            "eps_calls_per_purification": 0, "eps_calls_per_attack_iteration": 0,
@@ -411,13 +430,14 @@ def cost_case(row: str, args: argparse.Namespace) -> dict[str, Any]:
         eps = purifier.eps_model
         calls = purifier.eps_calls()
         with torch.no_grad():
-            purify = best_time(lambda: purifier.purify(x, generator=g), repeats=2)
-            xt, t = torch.randn_like(x), torch.full((b,), 150.0)
-            call = best_time(lambda: eps(xt * 2 - 1, t), repeats=3)
+            purify = best_time(lambda: (purifier.purify(x, generator=g), synchronize(dev)), repeats=2)
+            xt, t = torch.randn_like(x), torch.full((b,), 150.0, device=dev)
+            call = best_time(lambda: (eps(xt * 2 - 1, t), synchronize(dev)), repeats=3)
         attack_calls = int(model.eps_calls()) * a["eot"]
         out.update(eps_calls_per_purification=calls, eps_calls_per_attack_iteration=attack_calls,
                    purify_s_per_image=purify / b, purify_floor_s_per_image=calls * call / b)
     out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_cuda_mb"] = peak_cuda_mb(dev)  # None on a CPU
     return out
 
 
@@ -441,14 +461,15 @@ def cost(args: argparse.Namespace) -> None:
         rows.append([row, m["eps_calls_per_purification"], f"{m['purify_s_per_image']:.3f}", f"{floor:.3f}",
                      f"{m['purify_s_per_image'] / floor:.2f}" if floor else "–",
                      f"{m['purify_s_per_image'] * args.runs:.2f}", m["eps_calls_per_attack_iteration"],
-                     f"{m['attack_iteration_s_per_image']:.3f}", f"{m['peak_rss_mb']:.0f}"])
+                     f"{m['attack_iteration_s_per_image']:.3f}", f"{m['peak_rss_mb']:.0f}",
+                     "–" if m.get("peak_cuda_mb") is None else f"{m['peak_cuda_mb']:.0f}"])
     import torch
 
     print(f"batch {args.batch_size}, S = {args.ddim_steps}, R = {args.runs}, attack EOT {args.eot}, "
           f"{torch.get_num_threads()} thread(s), {args.device}")
     print_table(["defence", "ε-calls/purification", "purify s/image", "floor s/image", "× floor",
                  f"R = {args.runs} votes s/image", "attack ε-calls/iteration", "attack s/iteration/image",
-                 "peak RSS MB"], rows)
+                 "peak RSS MB", "peak CUDA MB"], rows)
     target = REPO / "docs/results/cifar10_cost.json"
     target.write_text(json.dumps({"batch": args.batch_size, "runs": args.runs, "eot": args.eot,
                                   "threads": torch.get_num_threads(), "rows": data}, indent=2) + "\n")
@@ -550,6 +571,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--paper-budget", action="store_true", help="200 × EOT 20, S = 500, R = 20")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="defense.max_batch: images per ε-model call (default 32; raise it on a GPU)")
+    parser.add_argument("--memory-budget-gb", type=float, default=10.0,
+                        help="exact rows: keep the whole autograd graph when its estimate fits (attack.memory_budget_gb)")
     parser.add_argument("--tuned-tl", type=float, default=0.2)
     parser.add_argument("--tuned-tau", type=float, default=0.7)
     parser.add_argument("--graded-lo", type=float, default=0.5)

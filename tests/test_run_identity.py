@@ -131,6 +131,8 @@ KEEPS_NUMBERS: list[tuple[str, str, Any]] = [
     ("run", "strict", True),
     ("data", "n", 1),
     ("run", "dist_timeout_minutes", 30.0),  # a barrier timeout of multi-process runs
+    ("attack", "checkpoint", "always"),  # checkpointing replays the same noise: bit-identical gradients
+    ("attack", "memory_budget_gb", 1.0),
 ]
 
 # Not pinned either way: they do not change a number, but whether the identity holds them is a policy

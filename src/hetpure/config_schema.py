@@ -96,6 +96,9 @@ class AttackSection(BaseModel):
     grid: int = Field(8, ge=1, description="lowfreq-pgd: perturbation grid")
     upsample: Literal["bilinear", "nearest"] = Field("bilinear", description="lowfreq-pgd upsampling")
     through: dict[str, Any] | None = Field(None, description="another pipeline to attack (defense keys)")
+    checkpoint: Literal["auto", "always", "never"] = Field(
+        "auto", description="exact gradient: per-step checkpointing (auto: only when the graph exceeds the budget)")
+    memory_budget_gb: float = Field(8.0, gt=0, description="auto: largest autograd graph kept whole (GB)")
 
     @field_validator("eps")
     @classmethod

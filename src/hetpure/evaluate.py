@@ -278,6 +278,7 @@ class _Evaluator:
         self.cfg, self.classifier, self.purifier, self.device = cfg, classifier, purifier, device
         self.attacked = purifier if cfg["attack"]["through"] is None else attacked
         self.runs = purifier.config.runs if purifier is not None else 1
+        self.checkpointed: bool | None = None  # exact gradient: whether the last attack checkpointed
         freeze(classifier, purifier, self.attacked)  # attacks need input gradients only, never weight gradients
 
     def labels(self, x: Tensor, evaluations: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -293,16 +294,32 @@ class _Evaluator:
         counts = torch.nn.functional.one_hot(grouped.long(), num_classes).sum(1)
         return counts.argmax(2), counts
 
+    def checkpointing(self, target: Purifier | None, x: Tensor, attack: Any) -> bool | None:
+        """Exact gradient: checkpoint per step unless the whole graph of one differentiated chunk fits in
+        ``attack.memory_budget_gb`` (``attack.checkpoint: auto``); records are the same either way."""
+        a = self.cfg["attack"]
+        if target is None or a["gradient"] != "exact":
+            return None
+        from .graph_memory import use_checkpointing
+
+        eps = target.eps_model
+        images = x.shape[0] * max(1, int(getattr(attack, "eot", 1)))
+        chunk = getattr(attack, "eot_batch", None)
+        images = min(images, chunk) if chunk else images
+        shape = (eps.in_channels, eps.image_size or x.shape[-2], eps.image_size or x.shape[-1])
+        self.checkpointed = use_checkpointing(a["checkpoint"], a["memory_budget_gb"], eps, shape, target.eps_calls(),
+                                              images, x.device)
+        return self.checkpointed
+
     def attack(self, x: Tensor, y: Tensor, generator: torch.Generator, **changes: Any) -> tuple[Tensor, int]:
         """Adversarial examples and the ε-model calls per forward pass of the attacked model."""
         a = {**self.cfg["attack"], **changes}
         attack = make_attack(a["name"], **_attack_kwargs(a, generator)) if a["name"] != "none" else None
         if attack is None:
             return x, 0
-        model = defended_model(
-            None if changes.get("undefended") else self.attacked, self.classifier, a["gradient"],
-            a["surrogate_ddim_steps"],
-        )
+        target = None if changes.get("undefended") else self.attacked
+        model = defended_model(target, self.classifier, a["gradient"], a["surrogate_ddim_steps"],
+                               checkpoint=self.checkpointing(target, x, attack))
         if hasattr(model, "generator"):
             model.generator = generator
         return attack(model, x, y), int(getattr(model, "eps_calls", lambda: 0)())
@@ -439,6 +456,7 @@ def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
         stats["seconds"] += elapsed
         stats["images"] += len(x)
         stats["attack_calls"] = extras["attack_calls"]
+        stats["checkpointed"] = ev.checkpointed
         for r in records:
             done[r["index"]] = r
         if cfg["run"]["save_images"] and not grid_saved and dist.is_main:
@@ -628,6 +646,7 @@ def _summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], 
             "defence_per_purification": defence_calls,
             "attack_per_image": attack_calls * passes,
             "attack_gradient": a["gradient"] if through["method"] != "none" else "classifier",
+            **({"attack_checkpointed": stats["checkpointed"]} if stats.get("checkpointed") is not None else {}),
         },
         "seconds_per_image": _mean([r["seconds"] for r in records if "seconds" in r]),
         "seconds_per_image_this_session": stats["seconds"] / stats["images"] if stats["images"] else None,

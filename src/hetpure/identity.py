@@ -33,6 +33,7 @@ NOT_IN_IDENTITY: dict[str, tuple[str, ...]] = {
     "data": ("root", "n", "download"),
     "classifier": ("path", "trust_pickle"),
     "diffusion": ("path", "config", "trust_pickle"),
+    "attack": ("checkpoint", "memory_budget_gb"),  # same gradients bit for bit, either way
     "run": ("out", "progress", "save_images", "sanity", "sanity_n", "strict", "device", "dist_timeout_minutes"),
 }
 SHARED_VAR = "HETPURE_SHARED"

@@ -46,8 +46,13 @@ class BPDAPurified(nn.Module):
 
 
 def defended_model(purifier: Purifier | None, classifier: nn.Module, gradient: str = "surrogate",
-                   surrogate_ddim_steps: int = 10) -> nn.Module:
-    """The module the attack differentiates: the bare classifier when there is no purifier."""
+                   surrogate_ddim_steps: int = 10, checkpoint: bool | None = None) -> nn.Module:
+    """The module the attack differentiates: the bare classifier when there is no purifier.
+
+    ``checkpoint`` (exact gradient only): per-step gradient checkpointing; None keeps the default (on).
+    Both give the same gradients bit for bit (every step's noise is drawn before the step and replayed);
+    without it the whole graph is kept, faster when it fits (see :mod:`hetpure.graph_memory`).
+    """
     if purifier is None or gradient == "bpda":
         check_gradient_precision((classifier,), "the attacked classifier")
     if purifier is None:
@@ -58,7 +63,7 @@ def defended_model(purifier: Purifier | None, classifier: nn.Module, gradient: s
         check_gradient_precision((purifier.eps_model, purifier.classifier), f"attack.gradient {gradient!r}")
         if gradient == "surrogate":
             return purifier.as_module(ddim_steps=surrogate_ddim_steps, use_checkpoint=large, max_batch=chunk)
-        return purifier.as_module(use_checkpoint=True, max_batch=chunk)
+        return purifier.as_module(use_checkpoint=True if checkpoint is None else checkpoint, max_batch=chunk)
     if gradient == "bpda":
         return BPDAPurified(purifier, max_batch=chunk)
     raise ConfigError(f"attack.gradient must be one of {GRADIENTS}, got {gradient!r}")
