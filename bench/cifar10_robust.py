@@ -574,7 +574,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=None,
                         help="defense.max_batch: images per ε-model call (default 32; raise it on a GPU)")
     parser.add_argument("--memory-budget-gb", type=float, default=10.0,
-                        help="exact rows: keep the whole autograd graph when its estimate fits (attack.memory_budget_gb)")
+                        help="exact rows: keep the whole autograd graph when it fits (attack.memory_budget_gb)")
     parser.add_argument("--tuned-tl", type=float, default=0.2)
     parser.add_argument("--tuned-tau", type=float, default=0.7)
     parser.add_argument("--graded-lo", type=float, default=0.5)
