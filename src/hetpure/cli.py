@@ -1,4 +1,5 @@
-"""The ``hetpure`` command line: evaluate, demo, train-diffusion, train-classifier."""
+"""The ``hetpure`` command line: evaluate, purify, predict, tune, sweep, list, demo, train-diffusion,
+train-classifier."""
 
 from __future__ import annotations
 
@@ -56,6 +57,64 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    from .config_schema import parse_set
+
+    return parse_set(args.set or [])
+
+
+def _cmd_purify(args: argparse.Namespace) -> int:
+    from .predict import purify_images
+
+    s = purify_images(_load_yaml(args.config), args.input, args.outdir, _overrides(args))
+    for file, note in s["notes"].items():
+        print(f"note: {file}: {note}")
+    print(f"purified {s['written']} image(s), {s['skipped']} already done; outputs in {s['out']} (log {s['log']})")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import format_predictions, predict_images
+
+    rows = predict_images(_load_yaml(args.config), args.input, args.out, _overrides(args))
+    print(format_predictions(rows))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .tuning import format_results, parse_grid, point_label, tune
+
+    grid = parse_grid(args.grid or [])
+    r = tune(_load_yaml(args.config), grid, n=args.n, out=args.out, screen_n=args.screen_n, keep=args.keep,
+             split=args.split, allow_test_split=args.allow_test_split, overrides=_overrides(args))
+    print(format_results([p for rung in r["rungs"] for p in rung], stage=True))
+    best = r["best"]
+    print(f"best on the {r['split']} split: {point_label(best['settings'])} (robust {best['robust_accuracy']:.3f}, "
+          f"clean {best['clean_accuracy']:.3f}, n={best['n']})")
+    print(f"outputs: {args.out}/tune.json, {args.out}/best.yaml (hetpure evaluate {args.out}/best.yaml), "
+          f"{args.out}/tune.png")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .tuning import format_results, parse_grid, sweep
+
+    grid = parse_grid(args.grid or [])
+    data = sweep(_load_yaml(args.config), grid, n=args.n, out=args.out, overrides=_overrides(args))
+    print(format_results(data["points"]))
+    print(f"outputs: {args.out}/sweep.json, {args.out}/sweep.png")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .catalog import catalog, format_catalog
+
+    print(format_catalog(catalog(args.what)))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -91,6 +150,46 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--strict", action="store_true", help="exit non-zero when a sanity check fails")
     ev.set_defaults(func=_cmd_evaluate)
 
+    set_help = "override one config value (repeatable)"
+    pur = sub.add_parser("purify", help="purify an image or a folder of images (writes images, masks, purify.jsonl)")
+    pur.add_argument("config", help="YAML config (sections classifier, diffusion, defense, run)")
+    pur.add_argument("input", help="an image file or a folder (recursive; PNG, JPEG, WebP)")
+    pur.add_argument("outdir", help="output folder; mirrors INPUT's relative paths")
+    pur.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=set_help)
+    pur.set_defaults(func=_cmd_purify)
+
+    pre = sub.add_parser("predict", help="defended prediction (majority vote of defense.runs) of each image")
+    pre.add_argument("config", help="YAML config (sections classifier, diffusion, defense, run)")
+    pre.add_argument("input", help="an image file or a folder (recursive; PNG, JPEG, WebP)")
+    pre.add_argument("--out", metavar="FILE.jsonl|FILE.csv", help="also write the rows (format by suffix)")
+    pre.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=set_help)
+    pre.set_defaults(func=_cmd_predict)
+
+    grid_help = "a config key and its values, e.g. defense.tau=0.7,0.9 (repeatable: the grid is their product)"
+    tun = sub.add_parser("tune", help="successive halving over config keys on a tuning split; writes best.yaml")
+    tun.add_argument("config", help="YAML config, as for evaluate")
+    tun.add_argument("--grid", action="append", required=True, metavar="SECTION.KEY=V1,V2,...", help=grid_help)
+    tun.add_argument("--n", type=int, required=True, help="images the winning point is evaluated on")
+    tun.add_argument("--screen-n", type=int, default=32, help="images of the screening stage (0: none; default 32)")
+    tun.add_argument("--keep", type=int, default=2, help="points kept after screening; later rungs keep half")
+    tun.add_argument("--split", default="train", help="the tuning split (default train)")
+    tun.add_argument("--allow-test-split", action="store_true", help="allow tuning on the test split")
+    tun.add_argument("--out", required=True, metavar="DIR", help="folder of the point runs and outputs")
+    tun.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=set_help)
+    tun.set_defaults(func=_cmd_tune)
+
+    swp = sub.add_parser("sweep", help="every grid point on n images; sweep.json and sweep.png")
+    swp.add_argument("config", help="YAML config, as for evaluate")
+    swp.add_argument("--grid", action="append", required=True, metavar="SECTION.KEY=V1,V2,...", help=grid_help)
+    swp.add_argument("--n", type=int, required=True, help="images per point")
+    swp.add_argument("--out", required=True, metavar="DIR", help="folder of the point runs and outputs")
+    swp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=set_help)
+    swp.set_defaults(func=_cmd_sweep)
+
+    lst = sub.add_parser("list", help="classifiers, datasets, eps-models, attacks and presets by name")
+    lst.add_argument("what", nargs="?", default=None, help="classifiers, datasets, eps-models, attacks or presets")
+    lst.set_defaults(func=_cmd_list)
+
     demo = sub.add_parser("demo", help="offline MNIST demo with the embedded models (CPU, about 5 minutes)")
     demo.add_argument("--out", default="hetpure-demo", help="output folder")
     demo.add_argument("--n", type=int, default=32, help="held-out digits to attack")
@@ -105,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if words and not words[0].startswith("-") and words[0] not in commands:
+        from .config_schema import suggest
+
+        print(f"hetpure: error: unknown command {words[0]!r}{suggest(words[0], list(commands))}; commands: "
+              f"{', '.join(commands)}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

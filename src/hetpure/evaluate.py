@@ -9,14 +9,9 @@ prediction) and worst case (correct in every one of K independent defended evalu
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
-import math
 import os
-import platform
-import resource
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,231 +19,38 @@ import torch
 from torch import Tensor, nn
 
 from .attacks import defended_model, make_attack
+from .components import (
+    attacked_purifier,
+    build_components,
+    build_dataset,
+    build_models,
+    check_input_size,
+    identity_of,
+    model_class_names,
+    settings_hash,
+)
 from .config_schema import DEFAULTS, parse_set, purify_config, resolve_config
 from .devices import freeze
 from .distributed import teardown_on_exit
 from .errors import ConfigError, HetpureError, RecordsError
-from .identity import (
-    dataset_fingerprint,
-    identity_diff,
-    identity_hash,
-    module_digest,
-    path_digest,
-    portable_config,
-    run_identity,
-)
-from .purify import Purifier, eps_calls, purifier_from_config
+from .identity import identity_diff, identity_hash, portable_config
+from .purify import Purifier
 from .records import RunLock, append_records, read_records, repair_tail, write_json_atomic
+from .report import cpu_model, describe_pipeline, running_postfix, summarise, summary_markdown
+from .stats import mcnemar_p, paired_comparison, wilson_interval
 
 __all__ = [
     "DEFAULTS", "append_records", "attacked_purifier", "build_components", "build_dataset", "build_models",
-    "describe_pipeline", "evaluate", "identity_of", "mcnemar_p", "paired_comparison", "parse_set", "purify_config",
-    "read_records", "resolve_config", "settings_hash", "wilson_interval",
+    "check_input_size", "cpu_model", "describe_pipeline", "evaluate", "identity_of", "mcnemar_p",
+    "model_class_names", "paired_comparison", "parse_set", "purify_config", "read_records", "resolve_config",
+    "settings_hash", "summary_markdown", "wilson_interval",
 ]
-
-
-
-def settings_hash(cfg: dict[str, Any], dataset: Any = None, classifier: nn.Module | None = None,
-                  eps_model: nn.Module | None = None) -> str:
-    """The run identity's hash (:mod:`hetpure.identity`) of a resolved config.
-
-    Reads the dataset's files and the checkpoints' bytes (digests are cached); in-memory ``dataset``,
-    ``classifier`` or ``eps_model`` replace what the config names. ``data.n`` is not part of it: the subset
-    of ``n`` images is the first ``n`` of one seeded permutation and each batch's random streams depend only
-    on the batch index, so a run can grow (``n`` 64 → 256) and keep its finished images.
-    """
-    return identity_hash(identity_of(cfg, dataset, classifier, eps_model))
-
-
-def identity_of(cfg: dict[str, Any], dataset: Any = None, classifier: nn.Module | None = None,
-                eps_model: nn.Module | None = None) -> dict[str, Any]:
-    """The run identity of a resolved config (see :func:`hetpure.identity.run_identity`)."""
-    if dataset is None:  # the whole split: its fingerprint does not depend on n
-        dataset = build_dataset({**cfg, "data": {**cfg["data"], "n": None}})
-    diffusion = cfg["diffusion"]
-    config_file = diffusion.get("config")
-    return run_identity(
-        cfg, dataset_fingerprint(dataset),
-        module_digest(classifier) if classifier is not None else path_digest(cfg["classifier"]["path"]),
-        module_digest(eps_model) if eps_model is not None else path_digest(diffusion["path"]),
-        path_digest(config_file) if isinstance(config_file, str) else None,
-    )
+_summary_markdown = summary_markdown  # the name hetpure 0.1 code used
 
 
 # --------------------------------------------------------------------------------------------------
-# Statistics and records
+# One batch: clean votes, attack, defended votes
 # --------------------------------------------------------------------------------------------------
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def mcnemar_p(wins: int, losses: int) -> float:
-    """Exact two-sided McNemar p-value: a Binomial(wins + losses, 1/2) test on the discordant pairs."""
-    m = wins + losses
-    if m == 0:
-        return 1.0
-    tail = sum(math.comb(m, j) for j in range(min(wins, losses) + 1))
-    return min(1.0, 2 * tail / 2**m)
-
-
-def paired_comparison(records: Iterable[dict[str, Any]], reference: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Compare two evaluations image by image on the images both hold (same data, ideally the same attack).
-
-    For clean and robust (majority-vote) correctness: ``wins`` = images only ``records`` gets right,
-    ``losses`` = images only ``reference`` gets right, ``difference`` = (wins − losses) / n and the exact
-    McNemar p-value. Pairing removes the between-image variance that two independent intervals carry.
-
-    When both hold the R votes of each image (``clean_votes`` / ``adversarial_votes``), also the mean
-    paired difference of the true class's vote share, ``vote_share_difference`` = mean_i (v_a,i − v_b,i)
-    with v = votes for the label / R, and its standard error ``vote_share_se`` (sample sd / √n). It sees
-    what the majority vote rounds away: a change of a few votes per image, which flips only near-ties.
-    """
-    a = {int(r["index"]): r for r in records}
-    b = {int(r["index"]): r for r in reference}
-    common = sorted(set(a) & set(b))
-    result: dict[str, Any] = {"n": len(common)}
-    for key, field, votes in (("clean", "clean_prediction", "clean_votes"),
-                              ("robust", "adversarial_prediction", "adversarial_votes")):
-        ok_a = [a[i][field] == a[i]["label"] for i in common]
-        ok_b = [b[i][field] == b[i]["label"] for i in common]
-        wins = sum(x and not y for x, y in zip(ok_a, ok_b))
-        losses = sum(y and not x for x, y in zip(ok_a, ok_b))
-        result[key] = {"wins": wins, "losses": losses, "difference": (wins - losses) / len(common) if common else 0.0,
-                       "p_value": mcnemar_p(wins, losses)}
-        if common and all(votes in a[i] and votes in b[i] for i in common):
-            d = [_vote_share(a[i], votes) - _vote_share(b[i], votes) for i in common]
-            mean = sum(d) / len(d)
-            sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1)) if len(d) > 1 else float("nan")
-            result[key].update(vote_share_difference=mean, vote_share_se=sd / math.sqrt(len(d)))
-    return result
-
-
-def _vote_share(record: dict[str, Any], votes: str) -> float:
-    counts = record[votes]
-    return counts[int(record["label"])] / max(1, sum(counts))
-
-
-# --------------------------------------------------------------------------------------------------
-# Components
-# --------------------------------------------------------------------------------------------------
-
-
-def build_dataset(cfg: dict[str, Any]) -> Any:
-    """The dataset (subset) of a resolved config: cheap, no model is loaded."""
-    from .data import load_dataset
-
-    d = cfg["data"]
-    extra = dict(d["options"] or {})
-    if d["download"]:
-        extra["download"] = True
-    names = model_class_names(cfg["classifier"]["name"])
-    if d["name"] == "imagefolder" and names is not None and "class_names" not in extra:
-        extra["class_names"] = names  # label folders by the model's class names, not sorted position
-    return load_dataset(d["name"], root=d["root"], split=d["split"], n=d["n"], seed=d["seed"], **extra)
-
-
-def model_class_names(classifier: str) -> list[str] | None:
-    """The class names a registered classifier's outputs stand for, when known (CIFAR-10, MNIST)."""
-    from .data import CIFAR10_CLASSES, MNIST_CLASSES
-    from .models.registry import describe_classifier
-
-    label_set = describe_classifier(classifier).label_set
-    return {"cifar10": CIFAR10_CLASSES, "mnist": MNIST_CLASSES}.get(label_set or "")
-
-
-def check_input_size(cfg: dict[str, Any], dataset: Any) -> None:
-    """Refuse data whose image size is not the one the classifier's weights expect (before any model is
-    loaded). A classifier without weights (``classifier.path`` null, random init) expects nothing."""
-    from .models.registry import describe_classifier
-
-    if cfg["classifier"]["path"] is None:
-        return
-
-    expected = describe_classifier(cfg["classifier"]["name"]).input_shape
-    shape = tuple(torch.as_tensor(dataset[0][0]).shape)
-    if expected is not None and shape != tuple(expected):
-        c, h, w = expected
-        mode = f", mode: {'L' if c == 1 else 'RGB'}" if shape[0] != c else ""
-        raise ConfigError(
-            f"the data's images are {'×'.join(map(str, shape))} but classifier {cfg['classifier']['name']} takes "
-            f"{c}×{h}×{w}; fix: --set 'data.options={{resize: [{h}, {w}]{mode}}}'"
-        )
-
-
-def build_models(cfg: dict[str, Any], device: torch.device) -> tuple[nn.Module, Purifier | None]:
-    """Classifier and purifier of a resolved config, on ``device``, parameters frozen."""
-    from .models.registry import load_classifier
-
-    c = cfg["classifier"]
-    classifier = load_classifier(c["name"], path=c["path"], trust_pickle=c["trust_pickle"], **(c["options"] or {}))
-    classifier = classifier.to(device).eval()
-    purifier = None
-    if cfg["defense"]["method"] != "none":
-        from .models.fast import accelerate
-
-        eps_model = _load_eps(cfg["diffusion"]).to(device).eval()
-        eps_model = accelerate(eps_model, **(cfg["diffusion"]["accelerate"] or {}))
-        purifier = purifier_from_config(
-            eps_model, classifier, cfg["defense"]["method"], purify_config(cfg["defense"]), c["mask_layers"]
-        )
-    return classifier, purifier
-
-
-def build_components(cfg: dict[str, Any], device: torch.device) -> tuple[Any, nn.Module, Purifier | None]:
-    """Dataset, classifier and purifier of a resolved config."""
-    return (build_dataset(cfg), *build_models(cfg, device))
-
-
-def attacked_purifier(cfg: dict[str, Any], classifier: nn.Module, purifier: Purifier | None,
-                      device: torch.device) -> Purifier | None:
-    """The purifier the attack differentiates: ``purifier`` itself unless ``attack.through`` names another
-    pipeline (a transfer evaluation: craft the examples on one defence, score them on another)."""
-    through = cfg["attack"]["through"]
-    if through is None:
-        return purifier
-    if through["method"] == "none":
-        return None
-    if purifier is not None:
-        eps_model = purifier.eps_model
-    else:
-        from .models.fast import accelerate
-
-        eps_model = accelerate(_load_eps(cfg["diffusion"]).to(device).eval(), **(cfg["diffusion"]["accelerate"] or {}))
-    return purifier_from_config(eps_model, classifier, through["method"], purify_config(through),
-                                cfg["classifier"]["mask_layers"])
-
-
-def describe_pipeline(defense: dict[str, Any], ddim_steps: int | None = None) -> str:
-    """One line naming a defence's method and levels, e.g. ``heterogeneous t_s 0.1 / t_l 0.2, τ 0.9, U 3, S = 10``."""
-    method = defense["method"]
-    if method == "none":
-        return "none (the bare classifier)"
-    steps = ddim_steps or defense["ddim_steps"]
-    if method == "uniform":
-        sampler = "" if defense.get("sampler", "ddim") == "ddim" else f", {defense['sampler']}"
-        return f"uniform t* = {defense['t_star']}{sampler}, S = {steps}"
-    if defense.get("levels") == "graded":
-        select = f"graded τ {defense['tau_lo']}–{defense['tau_hi']}"
-    else:
-        select = f"top-p {defense['top_p']}" if defense.get("top_p") is not None else f"τ {defense['tau']}"
-    return (f"heterogeneous t_s {defense['t_s']} / t_l {defense['t_l']}, {select}, "
-            f"U {defense['resample_steps']}, S = {steps}")
-
-
-def _load_eps(diffusion: dict[str, Any]) -> nn.Module:
-    from .models.loading import load_eps_model
-
-    kwargs = {k: diffusion[k] for k in ("config", "dtype", "trust_pickle") if diffusion.get(k) is not None}
-    return load_eps_model(diffusion["kind"], diffusion["path"], **kwargs)
 
 
 def _attack_kwargs(a: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
@@ -372,7 +174,7 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     done = {i: r for i, r in _finished(out, digest).items() if i in wanted}
     if out.is_dir() and len(done) == len(wanted) and not os.access(out, os.W_OK):
         records = [done[i] for i in sorted(done)]  # read-only and finished: summarise, write nothing
-        return _summarise(cfg, digest, records, {"seconds": 0.0, "images": 0}, None, dist.device, out)
+        return summarise(cfg, digest, records, {"seconds": 0.0, "images": 0}, None, dist.device, out)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
@@ -463,7 +265,7 @@ def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
             _save_examples(out / "examples.png", x, extras["x_adv"], purifier)
             grid_saved = True
         progress.update(1)
-        progress.set_postfix(_running(done.values()))
+        progress.set_postfix(running_postfix(done.values()))
     progress.close()
     dist.barrier()
     summary: dict[str, Any] = {}
@@ -474,9 +276,9 @@ def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
             _write_config(out, cfg, identity, digest)
         sanity_report = _sanity(ev, dataset, cfg) if cfg["run"]["sanity"] else None
         steps = purifier.eps_model.num_timesteps if purifier is not None else 1000
-        summary = _summarise(cfg, digest, records, stats, sanity_report, device, out, steps)
+        summary = summarise(cfg, digest, records, stats, sanity_report, device, out, steps)
         write_json_atomic(out / "summary.json", summary)
-        (out / "summary.md").write_text(_summary_markdown(summary))
+        (out / "summary.md").write_text(summary_markdown(summary))
     dist.barrier()
     return summary
 
@@ -575,176 +377,10 @@ def _merge(out: Path, digest: str, world_size: int) -> list[dict[str, Any]]:
     return records
 
 
-def _running(records: Iterable[dict[str, Any]]) -> dict[str, str]:
-    rs = list(records)
-    if not rs:
-        return {}
-    clean = sum(r["clean_prediction"] == r["label"] for r in rs) / len(rs)
-    robust = sum(r["adversarial_prediction"] == r["label"] for r in rs) / len(rs)
-    return {"n": str(len(rs)), "clean": f"{clean:.3f}", "robust": f"{robust:.3f}"}
-
-
 def _progress(total: int, initial: int, enabled: bool):  # noqa: ANN202
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc="evaluate", unit="batch")
-
-
-def _peak_memory_mb(device: torch.device) -> dict[str, float]:
-    mem = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        mem["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return mem
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _pipeline_calls(defense: dict[str, Any], num_timesteps: int, ddim_steps: int | None = None) -> int:
-    """ε-model calls of one pass through a pipeline (a resolved defense section)."""
-    if defense["method"] == "none":
-        return 0
-    config = purify_config(defense)
-    if ddim_steps is not None:
-        config = config.replace(ddim_steps=ddim_steps)
-    return eps_calls(config, num_timesteps, uniform=defense["method"] == "uniform")
-
-
-def _summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], stats: dict[str, Any],
-               sanity_report: dict[str, Any] | None, device: torch.device, out: Path,
-               num_timesteps: int = 1000) -> dict[str, Any]:
-    from . import __version__
-
-    n = len(records)
-    clean = sum(r["clean_prediction"] == r["label"] for r in records)
-    robust = sum(r["adversarial_prediction"] == r["label"] for r in records)
-    worst = sum(r["worst_case_correct"] == r["worst_case_k"] for r in records)
-    a = cfg["attack"]
-    through = a["through"] or cfg["defense"]
-    attacked_steps = a["surrogate_ddim_steps"] if a["gradient"] == "surrogate" else None
-    defence_calls = _pipeline_calls(cfg["defense"], num_timesteps)
-    attack_calls = 0 if a["gradient"] == "bpda" else _pipeline_calls(through, num_timesteps, attacked_steps)
-    passes = 0 if a["name"] == "none" else (1 if a["name"] == "fgsm" else a["steps"]) * a["eot"]
-    summary = {
-        "n": n,
-        "clean_accuracy": clean / n if n else math.nan,
-        "clean_accuracy_ci95": wilson_interval(clean, n),
-        "robust_accuracy": robust / n if n else math.nan,
-        "robust_accuracy_ci95": wilson_interval(robust, n),
-        "robust_accuracy_worst_case": worst / n if n else math.nan,
-        "robust_accuracy_worst_case_ci95": wilson_interval(worst, n),
-        "worst_case_k": cfg["run"]["worst_case_k"],
-        "pipelines": {
-            "attacked": describe_pipeline(through, attacked_steps if through["method"] != "none" else None),
-            "evaluated": describe_pipeline(cfg["defense"]),
-            "transfer": a["through"] is not None,
-        },
-        "votes_per_evaluation": cfg["defense"]["runs"] if cfg["defense"]["method"] != "none" else 1,
-        "eps_calls": {
-            "attack_per_forward_pass": attack_calls,
-            "defence_per_purification": defence_calls,
-            "attack_per_image": attack_calls * passes,
-            "attack_gradient": a["gradient"] if through["method"] != "none" else "classifier",
-            **({"attack_checkpointed": stats["checkpointed"]} if stats.get("checkpointed") is not None else {}),
-        },
-        "seconds_per_image": _mean([r["seconds"] for r in records if "seconds" in r]),
-        "seconds_per_image_this_session": stats["seconds"] / stats["images"] if stats["images"] else None,
-        "images_this_session": stats["images"],
-        "memory": _peak_memory_mb(device),
-        "settings_hash": digest,
-        "config": portable_config(cfg, out),
-        "version": __version__,
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()} {cpu_model()} threads={torch.get_num_threads()}",
-        "device": str(device),
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if sanity_report is not None:
-        summary["sanity"] = sanity_report
-    return summary
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``): timings are only
-    comparable on one CPU model, so every time is recorded with it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _pct(v: float) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
-
-
-def _summary_markdown(s: dict[str, Any]) -> str:
-    ci = s["robust_accuracy_ci95"]
-    wci = s["robust_accuracy_worst_case_ci95"]
-    cci = s["clean_accuracy_ci95"]
-    calls = s["eps_calls"]
-    spi = s["seconds_per_image"]
-    lines = ["# hetpure evaluation summary", ""]
-    pipes = s.get("pipelines")
-    if pipes and pipes["transfer"]:
-        lines += [
-            "**Transfer evaluation: the attack differentiated another pipeline than the one evaluated.** "
-            "Robust accuracy here is that of transferred examples, not of an adaptive attack on the defence.",
-            "",
-            f"- attacked: {pipes['attacked']} ({calls['attack_per_forward_pass']} ε-calls per forward pass)",
-            f"- evaluated: {pipes['evaluated']} ({calls['defence_per_purification']} ε-calls per purification)",
-            "",
-        ]
-    lines += [
-        "| metric | value | 95% CI |",
-        "|---|---|---|",
-        f"| n | {s['n']} | |",
-        f"| clean accuracy | {_pct(s['clean_accuracy'])} | {_pct(cci[0])} – {_pct(cci[1])} |",
-        f"| robust accuracy (majority vote of {s['votes_per_evaluation']}) | {_pct(s['robust_accuracy'])} | "
-        f"{_pct(ci[0])} – {_pct(ci[1])} |",
-        f"| robust accuracy (worst case of K = {s['worst_case_k']}) | {_pct(s['robust_accuracy_worst_case'])} | "
-        f"{_pct(wci[0])} – {_pct(wci[1])} |",
-        f"| time per image (attack + evaluation) | {'n/a' if spi is None else f'{spi:.2f} s'} | |",
-        f"| peak memory | {', '.join(f'{k} {v:.0f}' for k, v in s['memory'].items())} | |",
-        "",
-        "## ε-model calls",
-        "",
-        f"- attack: {calls['attack_per_forward_pass']} per forward pass through the defence "
-        f"(gradient: {calls['attack_gradient']}), {calls['attack_per_image']} per image in total",
-        f"- defence: {calls['defence_per_purification']} per purification, "
-        f"× {s['votes_per_evaluation']} votes per evaluation",
-    ]
-    if calls["attack_per_forward_pass"] != calls["defence_per_purification"]:
-        lines.append(
-            f"- **the attacked pipeline differs from the evaluated one**: "
-            f"{calls['attack_per_forward_pass']} vs {calls['defence_per_purification']} ε-model calls"
-        )
-    if "sanity" in s:
-        lines += ["", "## Sanity checks (Carlini et al. 2019)", ""]
-        for name, check in s["sanity"]["checks"].items():
-            mark = "PASS" if check["passed"] else "**FAILED**"
-            lines.append(f"- {mark} {name}: {check['detail']}")
-    lines += [
-        "",
-        f"hetpure {s['version']}, torch {s['torch']}, {s['machine']}, device {s['device']}, "
-        f"settings hash `{s['settings_hash']}`, finished {s['finished']}",
-        "",
-        "## Resolved config",
-        "",
-        "```json",
-        json.dumps(s["config"], indent=2, default=str),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
-# Sanity checks and figures
-# --------------------------------------------------------------------------------------------------
 
 
 def _sanity(ev: _Evaluator, dataset: Any, cfg: dict[str, Any]) -> dict[str, Any]:

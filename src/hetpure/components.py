@@ -1,0 +1,136 @@
+"""Building what a resolved evaluation config names — dataset, classifier, purifiers — and its run identity.
+
+The dataset is built first and cheaply (no model), so the run identity and the checks of the data against
+the classifier happen before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config_schema import purify_config
+from .errors import ConfigError
+from .identity import dataset_fingerprint, identity_hash, module_digest, path_digest, run_identity
+from .purify import Purifier, purifier_from_config
+
+
+def settings_hash(cfg: dict[str, Any], dataset: Any = None, classifier: nn.Module | None = None,
+                  eps_model: nn.Module | None = None) -> str:
+    """The run identity's hash (:mod:`hetpure.identity`) of a resolved config.
+
+    Reads the dataset's files and the checkpoints' bytes (digests are cached); in-memory ``dataset``,
+    ``classifier`` or ``eps_model`` replace what the config names. ``data.n`` is not part of it: the subset
+    of ``n`` images is the first ``n`` of one seeded permutation and each batch's random streams depend only
+    on the batch index, so a run can grow (``n`` 64 → 256) and keep its finished images.
+    """
+    return identity_hash(identity_of(cfg, dataset, classifier, eps_model))
+
+
+def identity_of(cfg: dict[str, Any], dataset: Any = None, classifier: nn.Module | None = None,
+                eps_model: nn.Module | None = None) -> dict[str, Any]:
+    """The run identity of a resolved config (see :func:`hetpure.identity.run_identity`)."""
+    if dataset is None:  # the whole split: its fingerprint does not depend on n
+        dataset = build_dataset({**cfg, "data": {**cfg["data"], "n": None}})
+    diffusion = cfg["diffusion"]
+    config_file = diffusion.get("config")
+    return run_identity(
+        cfg, dataset_fingerprint(dataset),
+        module_digest(classifier) if classifier is not None else path_digest(cfg["classifier"]["path"]),
+        module_digest(eps_model) if eps_model is not None else path_digest(diffusion["path"]),
+        path_digest(config_file) if isinstance(config_file, str) else None,
+    )
+
+
+def build_dataset(cfg: dict[str, Any]) -> Any:
+    """The dataset (subset) of a resolved config: cheap, no model is loaded."""
+    from .data import load_dataset
+
+    d = cfg["data"]
+    extra = dict(d["options"] or {})
+    if d["download"]:
+        extra["download"] = True
+    names = model_class_names(cfg["classifier"]["name"])
+    if d["name"] == "imagefolder" and names is not None and "class_names" not in extra:
+        extra["class_names"] = names  # label folders by the model's class names, not sorted position
+    return load_dataset(d["name"], root=d["root"], split=d["split"], n=d["n"], seed=d["seed"], **extra)
+
+
+def model_class_names(classifier: str) -> list[str] | None:
+    """The class names a registered classifier's outputs stand for, when known (CIFAR-10, MNIST)."""
+    from .data import CIFAR10_CLASSES, MNIST_CLASSES
+    from .models.registry import describe_classifier
+
+    label_set = describe_classifier(classifier).label_set
+    return {"cifar10": CIFAR10_CLASSES, "mnist": MNIST_CLASSES}.get(label_set or "")
+
+
+def check_input_size(cfg: dict[str, Any], dataset: Any) -> None:
+    """Refuse data whose image size is not the one the classifier's weights expect (before any model is
+    loaded). A classifier without weights (``classifier.path`` null, random init) expects nothing."""
+    from .models.registry import describe_classifier
+
+    if cfg["classifier"]["path"] is None:
+        return
+
+    expected = describe_classifier(cfg["classifier"]["name"]).input_shape
+    shape = tuple(torch.as_tensor(dataset[0][0]).shape)
+    if expected is not None and shape != tuple(expected):
+        c, h, w = expected
+        mode = f", mode: {'L' if c == 1 else 'RGB'}" if shape[0] != c else ""
+        raise ConfigError(
+            f"the data's images are {'×'.join(map(str, shape))} but classifier {cfg['classifier']['name']} takes "
+            f"{c}×{h}×{w}; fix: --set 'data.options={{resize: [{h}, {w}]{mode}}}'"
+        )
+
+
+def build_models(cfg: dict[str, Any], device: torch.device) -> tuple[nn.Module, Purifier | None]:
+    """Classifier and purifier of a resolved config, on ``device``, parameters frozen."""
+    from .models.registry import load_classifier
+
+    c = cfg["classifier"]
+    classifier = load_classifier(c["name"], path=c["path"], trust_pickle=c["trust_pickle"], **(c["options"] or {}))
+    classifier = classifier.to(device).eval()
+    purifier = None
+    if cfg["defense"]["method"] != "none":
+        from .models.fast import accelerate
+
+        eps_model = _load_eps(cfg["diffusion"]).to(device).eval()
+        eps_model = accelerate(eps_model, **(cfg["diffusion"]["accelerate"] or {}))
+        purifier = purifier_from_config(
+            eps_model, classifier, cfg["defense"]["method"], purify_config(cfg["defense"]), c["mask_layers"]
+        )
+    return classifier, purifier
+
+
+def build_components(cfg: dict[str, Any], device: torch.device) -> tuple[Any, nn.Module, Purifier | None]:
+    """Dataset, classifier and purifier of a resolved config."""
+    return (build_dataset(cfg), *build_models(cfg, device))
+
+
+def attacked_purifier(cfg: dict[str, Any], classifier: nn.Module, purifier: Purifier | None,
+                      device: torch.device) -> Purifier | None:
+    """The purifier the attack differentiates: ``purifier`` itself unless ``attack.through`` names another
+    pipeline (a transfer evaluation: craft the examples on one defence, score them on another)."""
+    through = cfg["attack"]["through"]
+    if through is None:
+        return purifier
+    if through["method"] == "none":
+        return None
+    if purifier is not None:
+        eps_model = purifier.eps_model
+    else:
+        from .models.fast import accelerate
+
+        eps_model = accelerate(_load_eps(cfg["diffusion"]).to(device).eval(), **(cfg["diffusion"]["accelerate"] or {}))
+    return purifier_from_config(eps_model, classifier, through["method"], purify_config(through),
+                                cfg["classifier"]["mask_layers"])
+
+
+def _load_eps(diffusion: dict[str, Any]) -> nn.Module:
+    from .models.loading import load_eps_model
+
+    kwargs = {k: diffusion[k] for k in ("config", "dtype", "trust_pickle") if diffusion.get(k) is not None}
+    return load_eps_model(diffusion["kind"], diffusion["path"], **kwargs)
