@@ -34,6 +34,15 @@ def shared_file(relative: str) -> Path:
     return path
 
 
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def fixture_file(name: str) -> Path:
+    """A golden file: the copy in tests/fixtures (so golden tests run without ../shared), else ../shared."""
+    local = FIXTURES / name
+    return local if local.exists() else shared_file(f"fixtures/{name}")
+
+
 @pytest.fixture
 def shared():
     """Fixture form: ``shared("fixtures/x.safetensors") -> Path``."""

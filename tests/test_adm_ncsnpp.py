@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_file
+from conftest import fixture_file
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -27,7 +27,7 @@ TOL = 1e-5
 
 def _tiny(name: str) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """(config, state dict without the ``state.`` prefix, input x, input t, reference output)."""
-    path = shared_file(f"fixtures/{name}_tiny.safetensors")
+    path = fixture_file(f"{name}_tiny.safetensors")
     with safe_open(str(path), "pt") as f:
         config = json.loads(f.metadata()["config"])
     tensors = load_file(str(path))
@@ -37,7 +37,7 @@ def _tiny(name: str) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor, torch
 
 def _manifest(kind: str) -> dict:
     name = {"adm": "adm256_uncond", "ncsnpp": "ncsnpp_cifar10"}[kind]
-    return json.loads(shared_file(f"fixtures/{name}.manifest.json").read_text())
+    return json.loads(fixture_file(f"{name}.manifest.json").read_text())
 
 
 # --------------------------------------------------------------------------- golden outputs
@@ -72,11 +72,11 @@ def test_ncsnpp_tiny_golden_through_load_eps_model(tmp_path: Path) -> None:
     assert (eps - ref).abs().max().item() < TOL
 
 
-def test_config_can_be_a_sidecar_file(tmp_path: Path) -> None:
+def test_golden_config_can_be_a_sidecar_file(tmp_path: Path) -> None:
     _, state, x, t, ref = _tiny("ncsnpp")
     ckpt = tmp_path / "w.safetensors"
     save_file(state, str(ckpt))
-    sidecar = shared_file("fixtures/ncsnpp_tiny.config.json")
+    sidecar = fixture_file("ncsnpp_tiny.config.json")
     eps_model = load_eps_model("ncsnpp", ckpt, config=sidecar)
     with torch.no_grad():
         assert (eps_model(x, t) - ref).abs().max().item() < TOL
@@ -86,7 +86,7 @@ def test_config_can_be_a_sidecar_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["adm", "ncsnpp"])
-def test_full_size_state_dict_matches_manifest(kind: str) -> None:
+def test_golden_full_size_state_dict_matches_manifest(kind: str) -> None:
     manifest = _manifest(kind)
     eps_model = build_eps_model(kind, manifest["config"], device="meta")
     net = eps_model.net
@@ -101,7 +101,7 @@ def test_full_size_state_dict_matches_manifest(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["adm", "ncsnpp"])
-def test_full_size_module_attributes_match_manifest(kind: str) -> None:
+def test_golden_full_size_module_attributes_match_manifest(kind: str) -> None:
     """GroupNorm groups/eps, attention heads, conv geometry, resampling flags, as in the module table."""
     manifest = _manifest(kind)
     mods = dict(build_eps_model(kind, manifest["config"], device="meta").net.named_modules())
@@ -139,7 +139,7 @@ def _score_sde_checkpoint(state: dict[str, torch.Tensor], config: dict, extra: o
     return ckpt
 
 
-def test_score_sde_checkpoint_loads_ema_weights(tmp_path: Path) -> None:
+def test_golden_score_sde_checkpoint_loads_ema_weights(tmp_path: Path) -> None:
     config, state, x, t, ref = _tiny("ncsnpp")
     path = tmp_path / "checkpoint_8.pth"
     torch.save(_score_sde_checkpoint(state, config), path)
@@ -154,7 +154,7 @@ def test_score_sde_checkpoint_loads_ema_weights(tmp_path: Path) -> None:
     assert torch.equal(raw_model.net.state_dict()[key], state[key] + 0.5)
 
 
-def test_pickled_objects_need_trust_pickle(tmp_path: Path) -> None:
+def test_golden_pickled_objects_need_trust_pickle(tmp_path: Path) -> None:
     config, state, x, t, ref = _tiny("ncsnpp")
     path = tmp_path / "checkpoint_with_config.pth"
     torch.save(_score_sde_checkpoint(state, config, extra=argparse.Namespace(lr=2e-4)), path)
@@ -166,7 +166,7 @@ def test_pickled_objects_need_trust_pickle(tmp_path: Path) -> None:
         assert (trusted(x, t) - ref).abs().max().item() < TOL
 
 
-def test_ema_list_of_wrong_length_is_refused(tmp_path: Path) -> None:
+def test_golden_ema_list_of_wrong_length_is_refused(tmp_path: Path) -> None:
     config, state, *_ = _tiny("ncsnpp")
     ckpt = _score_sde_checkpoint(state, config)
     ckpt["ema"]["shadow_params"] = ckpt["ema"]["shadow_params"][:-1]
@@ -179,7 +179,7 @@ def test_ema_list_of_wrong_length_is_refused(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- strict loading errors
 
 
-def test_wrong_key_fails_strict_load_with_readable_message(tmp_path: Path) -> None:
+def test_golden_wrong_key_fails_strict_load_with_readable_message(tmp_path: Path) -> None:
     config, state, *_ = _tiny("adm")
     state["out.3.weight"] = state.pop("out.2.weight")
     path = tmp_path / "renamed.pt"
@@ -191,7 +191,7 @@ def test_wrong_key_fails_strict_load_with_readable_message(tmp_path: Path) -> No
     assert "missing" in message and "unexpected" in message
 
 
-def test_wrong_config_fails_with_shape_report(tmp_path: Path) -> None:
+def test_golden_wrong_config_fails_with_shape_report(tmp_path: Path) -> None:
     _, state, *_ = _tiny("ncsnpp")
     path = tmp_path / "tiny.safetensors"
     save_file(state, str(path))
@@ -262,7 +262,7 @@ def test_new_attention_order_is_a_permutation_of_legacy() -> None:
         assert torch.allclose(legacy(x), new(x), atol=1e-6)
 
 
-def test_reduced_precision_returns_float32(tmp_path: Path) -> None:
+def test_golden_reduced_precision_returns_float32(tmp_path: Path) -> None:
     config, state, x, t, ref = _tiny("adm")
     path = tmp_path / "adm.safetensors"
     save_file(state, str(path))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_file
+from conftest import fixture_file, shared_file
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -32,7 +32,7 @@ RESNET20 = "models/resnet20-cifar10/model.safetensors"
 
 
 def _tiny_fixture(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    path = shared_file(f"fixtures/{name}.safetensors")
+    path = fixture_file(f"{name}.safetensors")
     with safe_open(str(path), "pt") as f:
         config = json.loads(f.metadata()["config"])
     return config, load_file(str(path))
@@ -43,7 +43,7 @@ def _state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _manifest(name: str) -> dict:
-    return json.loads(shared_file(f"fixtures/{name}.manifest.json").read_text())
+    return json.loads(fixture_file(f"{name}.manifest.json").read_text())
 
 
 def _layout(model: nn.Module) -> list[tuple[str, list[int], str]]:
@@ -53,7 +53,7 @@ def _layout(model: nn.Module) -> list[tuple[str, list[int], str]]:
 # --- goldens ---
 
 
-def test_wrn_tiny_matches_reference_output() -> None:
+def test_golden_wrn_tiny_matches_reference_output() -> None:
     config, t = _tiny_fixture("wrn_tiny")
     model = WideResNet.from_config(config).eval()
     load_into(model, _state(t), strict=True)
@@ -63,7 +63,7 @@ def test_wrn_tiny_matches_reference_output() -> None:
     torch.testing.assert_close(out, t["output"], atol=1e-5, rtol=0)
 
 
-def test_dmwrn_tiny_matches_reference_output() -> None:
+def test_golden_dmwrn_tiny_matches_reference_output() -> None:
     config, t = _tiny_fixture("dmwrn_tiny")
     model = DMWideResNet.from_config(config).eval()
     load_into(model, _state(t), strict=True)
@@ -72,9 +72,9 @@ def test_dmwrn_tiny_matches_reference_output() -> None:
     torch.testing.assert_close(out, t["output"], atol=1e-6, rtol=0)
 
 
-def test_dmwrn_tiny_mask_layer_outputs_match_sidecar() -> None:
+def test_golden_dmwrn_tiny_mask_layer_outputs_match_sidecar() -> None:
     config, t = _tiny_fixture("dmwrn_tiny")
-    sidecar = json.loads(shared_file("fixtures/dmwrn_tiny.config.json").read_text())
+    sidecar = json.loads(fixture_file("dmwrn_tiny.config.json").read_text())
     model = DMWideResNet.from_config(config).eval()
     load_into(model, _state(t))
     expected = {m["name"]: m for m in sidecar["mask_hook_modules"]}
@@ -98,7 +98,7 @@ def test_dmwrn_tiny_mask_layer_outputs_match_sidecar() -> None:
         assert buf["name"] not in model.state_dict()
 
 
-def test_wrn_tiny_via_registry_and_prefixed_checkpoint(tmp_path: Path) -> None:
+def test_golden_wrn_tiny_via_registry_and_prefixed_checkpoint(tmp_path: Path) -> None:
     config, t = _tiny_fixture("wrn_tiny")
     path = tmp_path / "Standard.pt"
     torch.save({"state_dict": {"module." + k: v for k, v in _state(t).items()}}, path)
@@ -110,7 +110,7 @@ def test_wrn_tiny_via_registry_and_prefixed_checkpoint(tmp_path: Path) -> None:
         torch.testing.assert_close(model(t["input.x"]), t["output"], atol=1e-5, rtol=0)
 
 
-def test_dmwrn_tiny_via_registry(tmp_path: Path) -> None:
+def test_golden_dmwrn_tiny_via_registry(tmp_path: Path) -> None:
     _, t = _tiny_fixture("dmwrn_tiny")
     path = tmp_path / "weights-best.pt"
     torch.save({"model_state_dict": {"module.0." + k: v for k, v in _state(t).items()}}, path)
@@ -123,7 +123,7 @@ def test_dmwrn_tiny_via_registry(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "cls"), [("wrn28_10", WideResNet), ("dmwrn70_16", DMWideResNet)])
-def test_full_size_layout_matches_manifest(name: str, cls: type) -> None:
+def test_golden_full_size_layout_matches_manifest(name: str, cls: type) -> None:
     manifest = _manifest(name)
     with torch.device("meta"):
         model = cls.from_config(manifest["config"])
@@ -136,7 +136,7 @@ def test_full_size_layout_matches_manifest(name: str, cls: type) -> None:
     assert all(n in dict(model.named_modules()) for n in model.mask_layers)
 
 
-def test_full_size_presets_match_registry_defaults() -> None:
+def test_golden_full_size_presets_match_registry_defaults() -> None:
     with torch.device("meta"):
         wrn = WideResNet()
         dm = DMWideResNet()

@@ -62,9 +62,9 @@ def images(b: int = 2, size: int = 16, seed: int = 3) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def golden(request: pytest.FixtureRequest):
-    from conftest import shared_file
+    from conftest import fixture_file
 
-    path = shared_file("fixtures/hetero_sampler_zero_noise.safetensors")
+    path = fixture_file("hetero_sampler_zero_noise.safetensors")
     f = safe_open(str(path), "pt")
     meta = f.metadata()
     unet = UNet2DModel(**json.loads(meta["unet_config"]))
