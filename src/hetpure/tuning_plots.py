@@ -10,15 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import HetpureError
+from .errors import MissingDependencyError
 
 __all__ = ["MissingDependency", "plot_sweep", "plot_tune", "pyplot", "require_pyplot"]
 
 _INSTALL = "pip install 'hetpure[viz]'"
 
 
-class MissingDependency(HetpureError):
-    """An optional package a feature needs is not installed; the message names the pip command."""
+MissingDependency = MissingDependencyError  # the name this module used before the hierarchy
 
 
 def require_pyplot() -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "load_into",
     "load_state_dict_file",
     "match_state_dict_keys",
+    "read_checkpoint",
 ]
 
 #: File suffixes read with ``torch.load(weights_only=True)``.
@@ -114,12 +115,13 @@ def _is_tensor_dict(obj: Any) -> bool:
     )
 
 
-def _unwrap(obj: Any, p: Path) -> dict[str, Tensor]:
-    """Find the state dict inside a loaded checkpoint object."""
+def _unwrap(obj: Any, p: Path, warn: bool = True) -> tuple[dict[str, Tensor], bool]:
+    """Find the state dict inside a loaded checkpoint object; also whether score_sde EMA shadow parameters
+    are stored beside it (a warning says so when ``warn``)."""
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if _is_tensor_dict(obj):
-        return dict(obj)
+        return dict(obj), False
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{p} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)"
@@ -129,18 +131,19 @@ def _unwrap(obj: Any, p: Path) -> dict[str, Tensor]:
         if isinstance(inner, nn.Module):
             inner = inner.state_dict()
         if _is_tensor_dict(inner):
-            if key == "model" and isinstance(obj.get("ema"), Mapping) and "shadow_params" in obj["ema"]:
+            shadow = key == "model" and isinstance(obj.get("ema"), Mapping) and "shadow_params" in obj["ema"]
+            if shadow and warn:
                 warnings.warn(
                     f"{p} also holds EMA shadow parameters (score_sde format) that are NOT in the returned "
                     "state dict; call hetpure.models.checkpoint.load_ema_shadow_params(module, path) after "
                     "loading to use the EMA weights",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
-            return dict(inner)
+            return dict(inner), shadow
     # Mixed mapping: keep the tensors if that is most of it (e.g. a state dict plus an "epoch" int).
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
     if tensors and len(tensors) >= len(obj) - 4:
-        return tensors
+        return tensors, False
     keys = ", ".join(repr(k) for k in list(obj)[:10])
     raise CheckpointError(
         f"could not find a state dict in {p}: its top-level keys are {keys}; expected a mapping of names "
@@ -150,7 +153,15 @@ def _unwrap(obj: Any, p: Path) -> dict[str, Tensor]:
 
 
 def load_state_dict_file(path: str | Path, trust_pickle: bool = False) -> dict[str, Tensor]:
-    """Read a state dict (parameter name -> tensor, on CPU) from a checkpoint file.
+    """The state dict of a checkpoint file (see :func:`read_checkpoint`, which also says whether score_sde EMA
+    weights are stored beside it; this function warns about them instead)."""
+    return read_checkpoint(path, trust_pickle, warn=True)[0]
+
+
+def read_checkpoint(path: str | Path, trust_pickle: bool = False,
+                    warn: bool = False) -> tuple[dict[str, Tensor], bool]:
+    """Read a state dict (parameter name -> tensor, on CPU) from a checkpoint file, and whether the file also
+    holds score_sde EMA shadow parameters (returned as data, so callers never parse a warning).
 
     Formats: safetensors (recognised by content), and torch files (``.pt``, ``.pth``, ``.th``,
     ``.bin``, ``.ckpt``, ``.tar`` or any torch zip/pickle) read with ``torch.load(weights_only=True)``.
@@ -181,13 +192,13 @@ def load_state_dict_file(path: str | Path, trust_pickle: bool = False) -> dict[s
             raise CheckpointError(f"{p} looks like a safetensors file but could not be read: {exc}") from None
         if not sd:
             raise CheckpointError(f"{p} is a safetensors file with no tensors in it")
-        return sd
+        return sd, False
     if p.suffix.lower() == ".safetensors":
         raise CheckpointError(
             f"{p} has a .safetensors suffix but is not a valid safetensors file (truncated?)"
         )
     if p.suffix.lower() in PICKLE_SUFFIXES or _looks_like_torch_file(p):
-        return _unwrap(_torch_load(p, trust_pickle), p)
+        return _unwrap(_torch_load(p, trust_pickle), p, warn)
     raise CheckpointError(
         f"unknown checkpoint format: {p}. Supported: .safetensors, and torch files "
         f"({', '.join(PICKLE_SUFFIXES)}) saved with torch.save"

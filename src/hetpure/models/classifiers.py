@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import HetpureError
+from ..errors import HetpureError, MissingDependencyError
 from .checkpoint import load_into, load_state_dict_file
 from .registry import register_classifier
 
@@ -705,11 +705,11 @@ def _resnet50(path: Path | None, trust_pickle: bool = False, weights: str | None
     """torchvision ImageNet ResNet-50 with ImageNet mean/std inside (needs torchvision)"""
     try:
         import torchvision
-    except ImportError:
-        raise HetpureError(
+    except ImportError as exc:
+        raise MissingDependencyError(
             "the resnet50 classifier needs torchvision, which is not installed: "
             "pip install 'hetpure[torchvision]' (or pip install torchvision)"
-        ) from None
+        ) from exc
     if path is not None and weights is not None:
         raise HetpureError(
             "give either path= (a local checkpoint) or weights= (torchvision weights), not both"

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, HetpureError
+from ..errors import CheckpointError, HetpureError, MissingDependencyError
 from ..schedule import NoiseSchedule, cosine_betas
 from .base import EpsModel
 
@@ -71,7 +71,7 @@ class DiffusersEps(EpsModel):
         try:
             from diffusers import UNet2DModel
         except ImportError as exc:  # pragma: no cover - diffusers is a dependency
-            raise HetpureError("the diffusers package is needed: pip install diffusers") from exc
+            raise MissingDependencyError("the diffusers package is needed: pip install diffusers") from exc
 
         path = Path(name_or_path).expanduser()
         if path.is_dir():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, HetpureError
 from .adm import AdmConfig, AdmEps, AdmUNet
 from .base import EpsModel
-from .checkpoint import load_ema_shadow_params, load_into, load_state_dict_file
+from .checkpoint import load_ema_shadow_params, load_into, read_checkpoint
 from .diffusers_eps import DiffusersEps
 from .ncsnpp import NCSNpp, NcsnppConfig, NcsnppEps
 
@@ -220,15 +219,7 @@ def load_eps_model(
     net = net.to_empty(device=target)
     _cast(net, torch_dtype or torch.float32)
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        state = load_state_dict_file(path, trust_pickle=trust_pickle)
-    has_ema = False
-    for w in caught:
-        if "shadow" in str(w.message):  # score_sde file: its EMA weights are stored apart from `model`
-            has_ema = True
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    state, has_ema = read_checkpoint(path, trust_pickle=trust_pickle)  # score_sde: EMA weights stored apart
     load_into(net, state, strict=True)
     del state
     if has_ema and use_ema:
