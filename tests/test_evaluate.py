@@ -260,3 +260,13 @@ def test_transfer_evaluation_attacks_one_pipeline_and_scores_another(assets: Pat
 
 def read_records_of(summary: dict, out: Path) -> list[dict]:
     return sorted(read_records(out / "records.jsonl"), key=lambda r: r["index"])
+
+
+def test_attack_cost_counts_the_attacks_own_forward_passes(assets: Path, tmp_path: Path) -> None:
+    """ε-calls per image = calls per pass × Attack.forward_passes: PGD's steps × EOT, APGD's extra evaluation."""
+    pgd = evaluate(config(assets, tmp_path / "pgd", data={"n": 2}, attack={"steps": 3, "eot": 2}))
+    assert pgd["eps_calls"]["attack_per_image"] == 2 * 3 * 2
+    apgd = evaluate(config(assets, tmp_path / "apgd", data={"n": 2}, attack={"name": "apgd-ce", "steps": 3, "eot": 2}))
+    passes = {r["attack_forward_passes"] for r in read_records(tmp_path / "apgd" / "records.jsonl")}
+    assert passes == {(3 + 1) * 2}  # the starting point's gradient, then one per step
+    assert apgd["eps_calls"]["attack_per_image"] == 2 * (3 + 1) * 2

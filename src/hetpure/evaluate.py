@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attacks import defended_model, make_attack
+from .attacks import attack_kwargs, defended_model, make_attack
 from .components import (
     attacked_purifier,
     build_components,
@@ -54,18 +54,8 @@ _summary_markdown = summary_markdown  # the name hetpure 0.1 code used
 
 
 def _attack_kwargs(a: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
-    kw: dict[str, Any] = {"norm": a["norm"], "eot": a["eot"], "eot_batch": a["eot_batch"], "generator": generator}
-    if a["eps"] is not None:
-        kw["eps"] = float(a["eps"])
-    if a["name"] in ("pgd", "mask-pgd", "lowfreq-pgd"):
-        kw.update(steps=a["steps"], step_size=a["step_size"], random_start=a["random_start"])
-    if a["name"] == "mask-pgd":
-        kw.update(mode=a["mask_mode"], attention_weight=float(a["attention_weight"]))
-    elif a["name"] == "lowfreq-pgd":
-        kw.update(grid=int(a["grid"]), upsample=a["upsample"])
-    elif a["name"].startswith("apgd"):
-        kw.update(steps=a["steps"], random_start=a["random_start"])
-    return kw
+    """The attack's constructor arguments from the ``attack`` section, by parameter name."""
+    return attack_kwargs(a["name"], a, generator=generator)
 
 
 def _batch_generator(seed: int, batch_index: int, salt: int, device: torch.device) -> torch.Generator:
@@ -81,6 +71,7 @@ class _Evaluator:
         self.attacked = purifier if cfg["attack"]["through"] is None else attacked
         self.runs = purifier.config.runs if purifier is not None else 1
         self.checkpointed: bool | None = None  # exact gradient: whether the last attack checkpointed
+        self.forward_passes = 0  # forward passes per image of the last attack (Attack.forward_passes)
         freeze(classifier, purifier, self.attacked)  # attacks need input gradients only, never weight gradients
 
     def labels(self, x: Tensor, evaluations: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -124,7 +115,9 @@ class _Evaluator:
                                checkpoint=self.checkpointing(target, x, attack))
         if hasattr(model, "generator"):
             model.generator = generator
-        return attack(model, x, y), int(getattr(model, "eps_calls", lambda: 0)())
+        x_adv = attack(model, x, y)
+        self.forward_passes = attack.forward_passes  # per image, every EOT sample and extra evaluation counted
+        return x_adv, int(getattr(model, "eps_calls", lambda: 0)())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,6 +321,7 @@ def _evaluate_batch(ev: _Evaluator, x: Tensor, y: Tensor, b: int, indices: list[
     seed = cfg["run"]["seed"]
     k = cfg["run"]["worst_case_k"]
     clean_label, clean_counts = ev.labels(x, 1, _batch_generator(seed, b, 1, ev.device))
+    ev.forward_passes = 0
     x_adv, attack_calls = ev.attack(x, y, _batch_generator(seed, b, 2, ev.device))
     adv_label, adv_counts = ev.labels(x_adv, k, _batch_generator(seed, b, 3, ev.device))
     records, c = [], clean_counts.shape[-1]
@@ -349,6 +343,7 @@ def _evaluate_batch(ev: _Evaluator, x: Tensor, y: Tensor, b: int, indices: list[
             "perturbation_linf": row[4],
             "perturbation_l2": row[5],
             "batch": b,
+            "attack_forward_passes": ev.forward_passes,
             "settings_hash": digest,
         })
     return records, {"x_adv": x_adv, "attack_calls": attack_calls}

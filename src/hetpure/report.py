@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from .config_schema import purify_config
+from .gdmp import gdmp_eps_calls
 from .identity import portable_config
 from .purify import eps_calls
+from .sde import diffpure_eps_calls
 from .stats import wilson_interval
 
 
@@ -24,6 +26,12 @@ def describe_pipeline(defense: dict[str, Any], ddim_steps: int | None = None) ->
     method = defense["method"]
     if method == "none":
         return "none (the bare classifier)"
+    if method == "diffpure":
+        return f"diffpure t* = {defense['t_star']}, Euler–Maruyama {ddim_steps or defense['sde_steps']} steps"
+    if method == "gdmp":
+        chain = f" × {ddim_steps} steps" if ddim_steps else ""
+        return (f"gdmp t* = {defense['t_star']}, {defense['gdmp_guidance']} guidance s = {defense['gdmp_scale']:g}, "
+                f"{defense['gdmp_iterations']} iterations{chain}")
     steps = ddim_steps or defense["ddim_steps"]
     if method == "uniform":
         sampler = "" if defense.get("sampler", "ddim") == "ddim" else f", {defense['sampler']}"
@@ -61,6 +69,10 @@ def pipeline_calls(defense: dict[str, Any], num_timesteps: int, ddim_steps: int 
     if defense["method"] == "none":
         return 0
     config = purify_config(defense)
+    if defense["method"] == "diffpure":
+        return diffpure_eps_calls(config, ddim_steps)
+    if defense["method"] == "gdmp":
+        return gdmp_eps_calls(config, num_timesteps, ddim_steps)
     if ddim_steps is not None:
         config = config.replace(ddim_steps=ddim_steps)
     return eps_calls(config, num_timesteps, uniform=defense["method"] == "uniform")
@@ -80,7 +92,11 @@ def summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], s
     attacked_steps = a["surrogate_ddim_steps"] if a["gradient"] == "surrogate" else None
     defence_calls = pipeline_calls(cfg["defense"], num_timesteps)
     attack_calls = 0 if a["gradient"] == "bpda" else pipeline_calls(through, num_timesteps, attacked_steps)
-    passes = 0 if a["name"] == "none" else (1 if a["name"] == "fgsm" else a["steps"]) * a["eot"]
+    counted = [r["attack_forward_passes"] for r in records if "attack_forward_passes" in r]
+    if counted:  # what the attacks did (Attack.forward_passes: APGD's extra evaluations included)
+        passes = max(counted)
+    else:  # records of hetpure 0.1: the nominal count
+        passes = 0 if a["name"] == "none" else (1 if a["name"] == "fgsm" else a["steps"]) * a["eot"]
     summary = {
         "n": n,
         "clean_accuracy": clean / n if n else math.nan,

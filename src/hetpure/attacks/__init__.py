@@ -10,6 +10,7 @@ gradient path (:func:`hetpure.devices.check_gradient_precision`).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -19,11 +20,11 @@ from ..devices import check_gradient_precision, is_large_eps_model
 from ..errors import ConfigError
 from ..purify import Purifier
 from .adaptive import MASK_MODES, LowFrequencyPGD, MaskAwarePGD, attention_overlap
-from .apgd import APGD, apgd_checkpoints
+from .apgd import APGD, APGDCE, APGDDLR, apgd_checkpoints
 from .base import Attack, cross_entropy, dlr_loss, project
 from .pgd import FGSM, PGD
 
-GRADIENTS = ("surrogate", "exact", "bpda")
+GRADIENTS = ("surrogate", "exact", "bpda", "adjoint")
 
 
 class BPDAPurified(nn.Module):
@@ -52,6 +53,8 @@ def defended_model(purifier: Purifier | None, classifier: nn.Module, gradient: s
     ``checkpoint`` (exact gradient only): per-step gradient checkpointing; None keeps the default (on).
     Both give the same gradients bit for bit (every step's noise is drawn before the step and replayed);
     without it the whole graph is kept, faster when it fits (see :mod:`hetpure.graph_memory`).
+    ``surrogate_ddim_steps`` is the surrogate's step count: DDIM steps (uniform, heterogeneous), Euler–Maruyama
+    steps (diffpure) or reverse steps per iteration (gdmp). ``adjoint`` (diffpure only): torchsde's adjoint SDE.
     """
     if purifier is None or gradient == "bpda":
         check_gradient_precision((classifier,), "the attacked classifier")
@@ -66,31 +69,67 @@ def defended_model(purifier: Purifier | None, classifier: nn.Module, gradient: s
         return purifier.as_module(use_checkpoint=True if checkpoint is None else checkpoint, max_batch=chunk)
     if gradient == "bpda":
         return BPDAPurified(purifier, max_batch=chunk)
+    if gradient == "adjoint":  # DiffPure's own gradient: torchsde's adjoint SDE (hetpure.sde)
+        adjoint_module = getattr(purifier, "adjoint_module", None)
+        if adjoint_module is None:
+            raise ConfigError(f"attack.gradient adjoint is DiffPure's adjoint SDE and needs a diffpure purifier, got "
+                              f"{type(purifier).__name__}; fix: --set attack.gradient=exact")
+        check_gradient_precision((purifier.eps_model, purifier.classifier), "attack.gradient 'adjoint'")
+        return adjoint_module(max_batch=chunk)
     raise ConfigError(f"attack.gradient must be one of {GRADIENTS}, got {gradient!r}")
 
 
-ATTACKS = ("none", "fgsm", "pgd", "apgd-ce", "apgd-dlr", "mask-pgd", "lowfreq-pgd")
+#: Every attack by its config name: one class each. A new attack is one new file and one entry here; its
+#: constructor's parameter names are the ``attack`` config keys it takes (:func:`attack_kwargs`).
+ATTACKS: dict[str, type[Attack]] = {
+    "fgsm": FGSM,
+    "pgd": PGD,
+    "apgd-ce": APGDCE,
+    "apgd-dlr": APGDDLR,
+    "mask-pgd": MaskAwarePGD,
+    "lowfreq-pgd": LowFrequencyPGD,
+}
+#: Config keys whose constructor parameter has another name.
+CONFIG_KEY_OF_PARAMETER = {"mode": "mask_mode"}
+
+
+def attack_class(name: str) -> type[Attack]:
+    """The class of a config attack name (a clear error naming the closest valid names)."""
+    if name not in ATTACKS:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(ATTACKS), n=2, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown attack {name!r}{hint}; use one of none, {', '.join(ATTACKS)}")
+    return ATTACKS[name]
+
+
+def attack_kwargs(name: str, config: dict[str, Any], **given: Any) -> dict[str, Any]:
+    """Constructor arguments of attack ``name`` read from an ``attack`` config section by parameter name
+    (``None`` values keep the constructor's default); ``given`` (e.g. the generator) is passed as it is."""
+    params = inspect.signature(attack_class(name).__init__).parameters
+    kwargs: dict[str, Any] = {}
+    for param in params:
+        if param == "self":
+            continue
+        if param in given:
+            kwargs[param] = given[param]
+            continue
+        key = CONFIG_KEY_OF_PARAMETER.get(param, param)
+        if config.get(key) is not None:
+            kwargs[param] = config[key]
+    return kwargs
 
 
 def make_attack(name: str, **kwargs: Any) -> Attack | None:
     """Build an attack by name (``none`` gives None); keyword arguments go to its constructor."""
     if name == "none":
         return None
-    if name == "fgsm":
-        return FGSM(**kwargs)
-    if name == "pgd":
-        return PGD(**kwargs)
-    if name == "mask-pgd":
-        return MaskAwarePGD(**kwargs)
-    if name == "lowfreq-pgd":
-        return LowFrequencyPGD(**kwargs)
-    if name in ("apgd-ce", "apgd-dlr"):
-        return APGD(loss=name.split("-")[1], **kwargs)
-    raise ConfigError(f"unknown attack {name!r}; use one of {ATTACKS}")
+    return attack_class(name)(**kwargs)
 
 
 __all__ = [
-    "APGD", "ATTACKS", "Attack", "BPDAPurified", "FGSM", "GRADIENTS", "LowFrequencyPGD", "MASK_MODES",
-    "MaskAwarePGD", "PGD", "apgd_checkpoints", "attention_overlap", "cross_entropy", "defended_model", "dlr_loss",
-    "make_attack", "project",
+    "APGD", "APGDCE", "APGDDLR", "ATTACKS", "Attack", "BPDAPurified", "FGSM", "GRADIENTS", "LowFrequencyPGD",
+    "MASK_MODES", "MaskAwarePGD", "PGD", "apgd_checkpoints", "attack_class", "attack_kwargs", "attention_overlap",
+    "cross_entropy", "defended_model", "dlr_loss", "make_attack", "project",
 ]

@@ -82,3 +82,21 @@ class APGD(Attack):
                 last_ck = k + 1
         ever_fooled = (x_best_adv != x).flatten(1).any(1)
         return torch.where(ever_fooled.view(view), x_best_adv, x_best).detach()
+
+
+class APGDCE(APGD):
+    """APGD on the cross-entropy loss (AutoAttack's APGD-CE); see :class:`APGD`."""
+
+    def __init__(self, eps: float | None = None, norm: str = "linf", steps: int = 100, eot: int = 20,
+                 rho: float = 0.75, random_start: bool = True, eot_batch: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(eps, norm, steps, "ce", eot, rho, random_start, eot_batch, generator)
+
+
+class APGDDLR(APGD):
+    """APGD on the difference-of-logits-ratio loss (AutoAttack's APGD-DLR); see :class:`APGD`."""
+
+    def __init__(self, eps: float | None = None, norm: str = "linf", steps: int = 100, eot: int = 20,
+                 rho: float = 0.75, random_start: bool = True, eot_batch: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(eps, norm, steps, "dlr", eot, rho, random_start, eot_batch, generator)
