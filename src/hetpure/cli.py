@@ -122,17 +122,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_diffusion(args: argparse.Namespace) -> int:
-    from .train import train_diffusion_from_args
+def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per field of a training config dataclass (booleans as --x / --no-x)."""
+    for f in cls.__dataclass_fields__.values():
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif default is None:
+            parser.add_argument(flag, default=None, type=int if f.name == "limit" else str)
+        else:
+            parser.add_argument(flag, default=default, type=type(default))
 
-    train_diffusion_from_args(args)
+
+def _from_args(cls: type, args: argparse.Namespace) -> Any:
+    return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__ if hasattr(args, k)})
+
+
+def _cmd_train_diffusion(args: argparse.Namespace) -> int:
+    from .train import DiffusionTrainConfig, train_diffusion
+
+    train_diffusion(_from_args(DiffusionTrainConfig, args))
     return 0
 
 
 def _cmd_train_classifier(args: argparse.Namespace) -> int:
-    from .train import train_classifier_from_args
+    from .train import ClassifierTrainConfig, train_classifier
 
-    train_classifier_from_args(args)
+    train_classifier(_from_args(ClassifierTrainConfig, args))
     return 0
 
 
@@ -186,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=set_help)
     swp.set_defaults(func=_cmd_sweep)
 
-    lst = sub.add_parser("list", help="classifiers, datasets, eps-models, attacks and presets by name")
-    lst.add_argument("what", nargs="?", default=None, help="classifiers, datasets, eps-models, attacks or presets")
+    lst = sub.add_parser("list", help="classifiers, datasets, eps-models, methods, attacks and presets by name")
+    lst.add_argument("what", nargs="?", default=None,
+                     help="classifiers, datasets, eps-models, methods, attacks or presets")
     lst.set_defaults(func=_cmd_list)
 
     demo = sub.add_parser("demo", help="offline MNIST demo with the embedded models (CPU, about 5 minutes)")
@@ -196,9 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller attack budget (for tests)")
     demo.set_defaults(func=_cmd_demo)
 
-    from .train import add_train_parsers
+    from .train import ClassifierTrainConfig, DiffusionTrainConfig
 
-    add_train_parsers(sub, _cmd_train_diffusion, _cmd_train_classifier)
+    td = sub.add_parser("train-diffusion", help="train or continue a diffusers DDPM (ε-prediction)")
+    _add_dataclass_args(td, DiffusionTrainConfig)
+    td.set_defaults(func=_cmd_train_diffusion)
+    tc = sub.add_parser("train-classifier", help="train a CIFAR ResNet or the MNIST CNN")
+    _add_dataclass_args(tc, ClassifierTrainConfig, skip=("options",))
+    tc.set_defaults(func=_cmd_train_classifier)
     return parser
 
 

@@ -6,7 +6,6 @@ Both resume from their last checkpoint, show a progress bar and write a JSON tra
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -150,20 +149,13 @@ class DiffusionTrainConfig:
 
 
 def _save_diffusers(unet: nn.Module, folder: Path, cfg: DiffusionTrainConfig) -> None:
+    """The model and its noise schedule as a diffusers folder (``UNet2DModel`` + ``DDPMScheduler`` configs)."""
+    from diffusers import DDPMScheduler
+
     unet.save_pretrained(folder, safe_serialization=True)
-    _write_json(folder / "scheduler_config.json", {
-        "_class_name": "DDPMScheduler", "beta_start": cfg.beta_start, "beta_end": cfg.beta_end,
-        "beta_schedule": "linear", "num_train_timesteps": cfg.num_timesteps, "prediction_type": "epsilon",
-        "variance_type": "fixed_small", "clip_sample": True,
-    })
-
-
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.lerp_(pm, 1 - decay)
-        for be, bm in zip(ema.buffers(), model.buffers()):
-            be.copy_(bm)
+    DDPMScheduler(num_train_timesteps=cfg.num_timesteps, beta_start=cfg.beta_start, beta_end=cfg.beta_end,
+                  beta_schedule="linear", prediction_type="epsilon", variance_type="fixed_small",
+                  clip_sample=True).save_config(folder)
 
 
 def train_diffusion(cfg: DiffusionTrainConfig) -> Path:
@@ -174,6 +166,7 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> Path:
     continue; ``out/checkpoints/step-N`` are periodic EMA snapshots in diffusers format.
     """
     from diffusers import UNet2DModel
+    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -198,7 +191,9 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> Path:
     else:
         unet = build_unet(cfg.preset, size, channels, cfg.dropout)
     unet.to(device).train()
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)  # the EMA weights are copied in here to be saved
+    # diffusers' EMAModel: a copy of the weights during warm-up, then decay (1 + s)/(10 + s) capped at ema_decay
+    averager = EMAModel(unet.parameters(), decay=cfg.ema_decay, update_after_step=cfg.warmup)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     step, seconds = 0, 0.0
     resume = out / "resume.pt"
@@ -208,6 +203,8 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> Path:
             raise HetpureError(f"{resume} was written with other settings; use another --out or delete it")
         unet.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
+        if "averager" in state:
+            averager.load_state_dict(state["averager"])
         opt.load_state_dict(state["optimizer"])
         step, seconds = int(state["step"]), float(state["seconds"])
         print(f"resuming from step {step}")
@@ -251,7 +248,7 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        _ema_update(ema, unet, cfg.ema_decay if step >= cfg.warmup else 0.0)
+        averager.step(unet.parameters())
         step += 1
         seconds += time.perf_counter() - start
         pending.append((step, seconds, loss.detach()))
@@ -260,10 +257,12 @@ def train_diffusion(cfg: DiffusionTrainConfig) -> Path:
             flush_log()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             flush_log()
+            averager.copy_to(ema.parameters())
             _save_diffusers(ema, out / "checkpoints" / f"step-{step}", cfg)
             _save_diffusers(ema, out, cfg)
             tmp = out / "resume.pt.tmp"
-            torch.save({"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            torch.save({"model": unet.state_dict(), "ema": ema.state_dict(), "averager": averager.state_dict(),
+                        "optimizer": opt.state_dict(),
                         "step": step, "seconds": seconds, "config_hash": _cfg_hash(cfg)}, tmp)
             tmp.replace(resume)
             _write_json(out / "training.json", {
@@ -382,43 +381,3 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     _write_json(out / "config.json", record)
     print(f"test accuracy {accuracy:.4f}; weights: {out / 'model.safetensors'}")
     return record
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-
-
-def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    for f in cls.__dataclass_fields__.values():
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif default is None:
-            parser.add_argument(flag, default=None, type=int if f.name == "limit" else str)
-        else:
-            parser.add_argument(flag, default=default, type=type(default))
-
-
-def add_train_parsers(sub: Any, diffusion_fn: Any, classifier_fn: Any) -> None:
-    d = sub.add_parser("train-diffusion", help="train or continue a diffusers DDPM (ε-prediction)")
-    _add_dataclass_args(d, DiffusionTrainConfig)
-    d.set_defaults(func=diffusion_fn)
-    c = sub.add_parser("train-classifier", help="train a CIFAR ResNet or the MNIST CNN")
-    _add_dataclass_args(c, ClassifierTrainConfig, skip=("options",))
-    c.set_defaults(func=classifier_fn)
-
-
-def _from_args(cls: type, args: argparse.Namespace) -> Any:
-    return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__ if hasattr(args, k)})
-
-
-def train_diffusion_from_args(args: argparse.Namespace) -> Path:
-    return train_diffusion(_from_args(DiffusionTrainConfig, args))
-
-
-def train_classifier_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return train_classifier(_from_args(ClassifierTrainConfig, args))
