@@ -49,7 +49,7 @@ def print_table(headers: list[str], rows: list[list[object]]) -> None:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
 
 
-# --- device helpers (GPU readiness, issue 24): the same numbers on a CPU and on a CUDA device ------------
+# --- device helpers (GPU readiness): the same numbers on a CPU and on a CUDA device ------------
 
 
 def add_backend_flags(parser: argparse.ArgumentParser) -> None:

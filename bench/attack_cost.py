@@ -2,9 +2,9 @@
 
 Each case runs in its own process, so peak resident memory is per case. "added" is the peak minus the
 resident memory after the models were loaded: the memory the attack iteration itself needs.
-Target (issue 3): with checkpointing, added peak memory for S = 100 ≤ 1.5 × that for S = 10.
+Target: with checkpointing, added peak memory for S = 100 ≤ 1.5 × that for S = 10.
 
-``--resampling`` prints the resampling ablation instead (issue 7): U = 0, 1, 3, 10 single forward steps
+``--resampling`` prints the resampling ablation instead: U = 0, 1, 3, 10 single forward steps
 against RePaint-style multi-step resampling (r round trips per stage-1 step), for the exact gradient
 through the S = 100 defence without checkpointing (so memory shows the sampler's whole graph).
 

@@ -1,4 +1,4 @@
-"""CIFAR-10 robustness of heterogeneous vs uniform purification on the shared models (issue 11).
+"""CIFAR-10 robustness of heterogeneous vs uniform purification on the shared models.
 
 Every row is one resumable ``hetpure.evaluate`` run under OUT/<row>/ (kill and rerun at will: finished
 images are kept; a larger ``--n`` extends a run, since the subset is a prefix of one seeded permutation).
@@ -21,7 +21,10 @@ defended evaluation of each adversarial image (``--worst-case-k 3`` adds the wor
 A row whose settings equal another row's (the tuned row, when tuning selects the paper's settings) reuses
 that row's records instead of recomputing them (``records_from`` in the JSON).
 The heterogeneous-exact row attacks through the defence's own S = 100 sampler with per-step
-checkpointing. The prefix-protocol row reproduces the authors' evaluation script before its commit fbb99ce:
+checkpointing. The diffpure and gdmp rows are the peers (DiffPure t* = 0.1, 100 Euler–Maruyama steps = 100
+ε-calls per purification; GDMP t* = 0.036, 4 guided iterations = 144 ε-calls), with the same votes, attack
+and test images, attacked through their own 10-step surrogates and paired against heterogeneous.
+The prefix-protocol row reproduces the authors' evaluation script before its commit fbb99ce:
 PGD-EOT crafted through heterogeneous purification (S = 10 surrogate), scored on uniform t* = t_s.
 
 Writes docs/results/cifar10_robust.json (the table as data) and prints the table in Markdown.
@@ -41,7 +44,12 @@ from hetpure.evaluate import evaluate
 
 T_S, T_L, TAU, U = 0.1, 0.2, 0.9, 3
 ROWS = ("none", "uniform-ts", "uniform-tl", "heterogeneous", "heterogeneous-tuned", "heterogeneous-graded",
-        "heterogeneous-exact", "uniform-tl-exact", "prefix-protocol")
+        "heterogeneous-exact", "uniform-tl-exact", "prefix-protocol", "diffpure", "gdmp")
+# the peers at their authors' CIFAR-10 settings (docs/method.md, "The peers"): DiffPure t* = 0.1 with 100
+# Euler–Maruyama steps; GDMP 36 of 1000 steps (this DDPM has the same T = 1000 linear schedule), 4 iterations,
+# MSE guidance at its code's strength (gdmp_scale 28687.5)
+DIFFPURE = {"method": "diffpure", "t_star": 0.1, "sde_steps": 100}
+GDMP = {"method": "gdmp", "t_star": 0.036, "gdmp_guidance": "mse", "gdmp_scale": 28687.5, "gdmp_iterations": 4}
 
 
 def base_config(args: argparse.Namespace, split: str, n: int) -> dict[str, Any]:
@@ -77,6 +85,8 @@ def row_config(row: str, args: argparse.Namespace, split: str = "test", n: int |
         cfg["defense"] = {"method": "uniform", "t_star": T_S, "ddim_steps": d["ddim_steps"], "runs": d["runs"]}
         cfg["attack"]["through"] = {"method": "heterogeneous", "t_s": T_S, "t_l": T_L, "tau": TAU,
                                     "resample_steps": U}
+    elif row in ("diffpure", "gdmp"):  # the same votes, attack and images as the other rows
+        cfg["defense"] = {**(DIFFPURE if row == "diffpure" else GDMP), "runs": d["runs"]}
     elif row not in ("heterogeneous", "heterogeneous-exact"):
         sys.exit(f"unknown row {row!r}; choose from {ROWS}")
     if row.endswith("-exact"):  # the defence's own sampler, differentiated end to end; half the EOT samples
@@ -134,6 +144,10 @@ def describe(d: dict[str, Any]) -> str:
         return "–"
     if d["method"] == "uniform":
         return f"t*={d['t_star']}"
+    if d["method"] == "diffpure":
+        return f"DiffPure t*={d['t_star']} EM steps={d['sde_steps']}"
+    if d["method"] == "gdmp":
+        return f"GDMP t*={d['t_star']} {d['gdmp_guidance']} s={d['gdmp_scale']:g} ×{d['gdmp_iterations']}"
     mask = f"τ={d['tau']}" if d["levels"] == "binary" else f"graded {d['tau_lo']}–{d['tau_hi']}"
     return f"t_s={d['t_s']} t_l={d['t_l']} {mask} U={d['resample_steps']}"
 
@@ -209,7 +223,7 @@ PAIRS = (("uniform-ts", "uniform-tl"), ("heterogeneous", "uniform-tl"), ("hetero
          ("heterogeneous-graded", "uniform-tl"), ("heterogeneous-graded", "heterogeneous"),
          ("heterogeneous-exact", "heterogeneous"), ("uniform-tl-exact", "uniform-tl"),
          ("heterogeneous-exact", "uniform-tl-exact"), ("prefix-protocol", "uniform-ts"),
-         ("prefix-protocol", "heterogeneous"))
+         ("prefix-protocol", "heterogeneous"), ("diffpure", "heterogeneous"), ("gdmp", "heterogeneous"))
 
 
 def print_paired(out: Path, rows: list[str]) -> list[dict[str, Any]]:
@@ -369,7 +383,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 
 
 def ablations(args: argparse.Namespace) -> None:
-    """Adaptive attacks, mask sources and resampling on a small test subset (issue 7); same budget per row."""
+    """Adaptive attacks, mask sources and resampling on a small test subset; same budget per row."""
     out = Path(args.out) / "ablations"
     rows, data = [], []
     for name, (start, defence, attack) in ABLATIONS.items():
@@ -442,7 +456,7 @@ def cost_case(row: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cost(args: argparse.Namespace) -> None:
-    """Cost table (issue 11): purification and attack-iteration seconds, ε-calls, floor, peak RSS per row."""
+    """Cost table: purification and attack-iteration seconds, ε-calls, floor, peak RSS per row."""
     import os
     import subprocess
 
@@ -538,7 +552,7 @@ def figures(args: argparse.Namespace) -> None:
     save_grid(rows, png, scale=3)
     print(f"wrote {png.relative_to(REPO)}")
 
-    # per-pixel start levels (blue = t_s … red = t_l): binary mask vs graded levels (issue 8)
+    # per-pixel start levels (blue = t_s … red = t_l): binary mask vs graded levels
     graded = hetpure.HeterogeneousPurifier(eps, clf, het.config.replace(levels="graded", tau_lo=args.graded_lo,
                                                                         tau_hi=args.graded_hi))
     with torch.no_grad():

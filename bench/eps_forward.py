@@ -10,7 +10,7 @@ the model and one forward pass under ``torch.no_grad()``). Full-size networks ge
     python bench/eps_forward.py --device cuda --dtype bf16   # on a GPU (peak = torch.cuda max allocated)
     python bench/eps_forward.py --device cuda --cudnn-benchmark --tf32   # CUDA backend modes
 
-The ADM budget (issue 5): one 256² image purified on CPU in ≤ 8 GB resident memory.
+The ADM budget: one 256² image purified on CPU in ≤ 8 GB resident memory.
 """
 
 from __future__ import annotations

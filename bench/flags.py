@@ -1,4 +1,4 @@
-"""The optional ε-model speed-ups (issue 9), each against the plain model: ms per image and agreement.
+"""The optional ε-model speed-ups, each against the plain model: ms per image and agreement.
 
 For every flag set this prints the ε-model's forward time (no grad, the defence's cost), its
 forward + backward time (the exact-gradient attack's cost), the first call (compilation), and the

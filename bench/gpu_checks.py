@@ -1,4 +1,4 @@
-"""Device checks of the GPU-readiness fixes (issue 24) on the shared CIFAR-10 models: one table of pass/fail.
+"""Device checks of the GPU-readiness fixes on the shared CIFAR-10 models: one table of pass/fail.
 
 Each check exercises on the run's device what the CPU tests can only reach with stand-ins: random masks
 drawn with a device generator, a CPU generator with device data, float16 refused and bfloat16 allowed on
@@ -142,7 +142,7 @@ def main() -> None:
     check("8 Grad-CAM, frozen classifier", gradcam_frozen)
     check("11 CUDA graphs, padded, no_grad only", cuda_graphs, cuda_only=True)
     print(f"device {dev}, torch {torch.__version__}")
-    print_table(["check (issue 24 item)", "result", "detail"], rows)
+    print_table(["check (GPU readiness item)", "result", "detail"], rows)
     if any(r[1] == "FAILED" for r in rows):
         sys.exit(1)
 

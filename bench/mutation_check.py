@@ -55,7 +55,7 @@ class Mutant:
 
 
 MUTANTS: list[Mutant] = [
-    # --- named in issue 25 -------------------------------------------------------------------------------
+    # --- the mutants that first survived a light mutation test ------------------------------------------------
     Mutant("binarize-strict-gt", "mask.py",
            "return (energy >= tau).to(energy.dtype)", "return (energy > tau).to(energy.dtype)", MASK_TESTS),
     Mutant("apgd-momentum-0.5", "attacks/apgd.py",

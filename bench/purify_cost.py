@@ -1,7 +1,7 @@
 """Per-image purification time at batch 32 against the ε-model-call floor.
 
 floor = (ε-model calls of one purification) × (time of one ε-model call at that batch).
-Target (issue 2): measured ≤ 1.05 × floor. Uses the shared CIFAR-10 DDPM and ResNet-20.
+Target: measured ≤ 1.05 × floor. Uses the shared CIFAR-10 DDPM and ResNet-20.
 
     python bench/purify_cost.py [--batch 32] [--ddim-steps 100] [--repeats 3] [--device cpu|cuda]
 

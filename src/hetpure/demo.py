@@ -92,7 +92,6 @@ def run_demo(out: str | Path = "hetpure-demo", n: int = 32, quick: bool = False)
     from .purify import purifier_from_config
     from .viz import save_grid
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(out)
     eps_model, classifier = load_demo_models()
     dataset = HeldOutDigits(n)

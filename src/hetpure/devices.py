@@ -1,4 +1,4 @@
-"""Device-dependent rules shared by the purifiers, attacks and evaluation (GPU readiness, issue 24).
+"""Device-dependent rules shared by the purifiers, attacks and evaluation (GPU readiness).
 
 hetpure is developed on CPUs and run on CUDA GPUs. The few places where the device changes what must
 happen live here, each testable on a CPU:

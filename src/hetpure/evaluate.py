@@ -34,7 +34,7 @@ from .devices import freeze
 from .distributed import teardown_on_exit
 from .errors import ConfigError, HetpureError, RecordsError
 from .identity import identity_diff, identity_hash, portable_config
-from .purify import Purifier
+from .purify import Purifier, majority_vote
 from .records import RunLock, append_records, read_records, repair_tail, write_json_atomic
 from .report import cpu_model, describe_pipeline, running_postfix, summarise, summary_markdown
 from .stats import mcnemar_p, paired_comparison, wilson_interval
@@ -84,8 +84,8 @@ class _Evaluator:
             return counts.argmax(2), counts
         run_labels, num_classes = self.purifier.run_labels(x, self.runs * evaluations, generator)
         grouped = run_labels.view(evaluations, self.runs, x.shape[0])
-        counts = torch.nn.functional.one_hot(grouped.long(), num_classes).sum(1)
-        return counts.argmax(2), counts
+        votes = [majority_vote(g, num_classes) for g in grouped]  # one vote of R runs per evaluation
+        return torch.stack([w for w, _ in votes]), torch.stack([c for _, c in votes])
 
     def checkpointing(self, target: Purifier | None, x: Tensor, attack: Any) -> bool | None:
         """Exact gradient: checkpoint per step unless the whole graph of one differentiated chunk fits in

@@ -9,7 +9,6 @@ high noise level t_l.
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -22,14 +21,22 @@ from .errors import ConfigError, HetpureError
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
-    """Return the submodules called ``names`` (as in ``named_modules()``), or a clear error."""
+    """The submodules of ``model`` named ``names`` (as in ``named_modules()``); a clear error listing close
+    names for an unknown one, and for a string or an empty list instead of a list of names."""
+    if isinstance(names, str):
+        raise HetpureError(f"mask layers must be a list of module names, got the string {names!r}; use [{names!r}]")
     modules = dict(model.named_modules())
     found = []
     for name in names:
-        if name not in modules:
-            close = difflib.get_close_matches(name, [n for n in modules if n], n=5)
-            hint = f"; close names: {', '.join(close)}" if close else ""
-            raise HetpureError(f"the classifier has no layer {name!r} to compute the mask from{hint}")
+        if name not in modules or name == "":
+            candidates = [n for n in modules if n]
+            close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+            hint = f" Close names: {', '.join(close)}." if close else ""
+            some = ", ".join(candidates[:8]) + (", ..." if len(candidates) > 8 else "")
+            raise HetpureError(
+                f"the classifier {type(model).__name__} has no layer {name!r} to compute the mask from.{hint} "
+                f"Names are as in model.named_modules(), e.g. {some}"
+            )
         found.append(modules[name])
     if not found:
         raise HetpureError("mask_layers is empty: name at least one classifier layer")
@@ -41,6 +48,14 @@ class ActivationRecorder:
 
     The hooks record the layers' outputs and are removed on exit, also after an exception, so a
     classifier never accumulates hooks across calls.
+
+    Example:
+        >>> import torch, hetpure
+        >>> clf = hetpure.load_classifier("cifar_resnet20")  # random weights are enough for the shapes
+        >>> with hetpure.ActivationRecorder(clf, ["layer1", "layer3"]) as rec:
+        ...     _ = clf(torch.rand(2, 3, 32, 32))
+        >>> [tuple(a.shape) for a in rec.activations]
+        [(2, 16, 32, 32), (2, 64, 8, 8)]
     """
 
     def __init__(self, model: nn.Module, layer_names: Sequence[str]) -> None:
@@ -88,6 +103,13 @@ def energy_map(classifier: nn.Module, x: Tensor, layer_names: Sequence[str], dif
 
     The classifier runs once on ``x`` (its real input, [0, 1] images), without gradient unless
     ``differentiable`` (the soft map that mask-aware attacks push away from their perturbation).
+
+    Example:
+        >>> import torch, hetpure
+        >>> clf = hetpure.load_classifier("cifar_resnet20")  # random weights are enough for the shapes
+        >>> e = hetpure.energy_map(clf, torch.rand(2, 3, 32, 32), clf.mask_layers)
+        >>> tuple(e.shape), 0 <= float(e.min()) <= float(e.max()) <= 1
+        ((2, 1, 32, 32), True)
     """
     size = x.shape[-2:]
     with torch.set_grad_enabled(differentiable), ActivationRecorder(classifier, layer_names) as rec:
@@ -106,6 +128,14 @@ def binarize(energy: Tensor, tau: float | None = 0.9, top_p: float | None = None
     """Binary mask from an attention map: E ≥ τ, or (if ``top_p`` is given) the top p fraction.
 
     With ``top_p`` exactly k = max(1, round(p·H·W)) pixels per image are kept (ties broken by position).
+
+    Example:
+        >>> import torch, hetpure
+        >>> energy = torch.tensor([[[[0.1, 0.95], [0.5, 0.9]]]])  # an attention map (B, 1, H, W)
+        >>> hetpure.binarize(energy, tau=0.9).flatten().tolist()
+        [0.0, 1.0, 0.0, 1.0]
+        >>> hetpure.binarize(energy, top_p=0.25).flatten().tolist()  # the top quarter: 1 pixel of 4
+        [0.0, 1.0, 0.0, 0.0]
     """
     if top_p is not None:
         if not 0 < top_p <= 1:
@@ -135,11 +165,6 @@ def random_mask_like(mask: Tensor, generator: torch.Generator | None = None) -> 
     scores = torch.rand(flat.shape, generator=generator, device=draw_device(generator, flat.device)).to(flat.device)
     ranks = scores.argsort(dim=1).argsort(dim=1)
     return (ranks < counts[:, None]).to(mask.dtype).view_as(mask)
-
-
-def attended_fraction(mask: Tensor) -> float:
-    """Mean fraction of attended pixels in a mask batch."""
-    return float(mask.float().mean()) if mask.numel() else math.nan
 
 
 def gradcam_map(classifier: nn.Module, x: Tensor, layer_names: Sequence[str]) -> Tensor:

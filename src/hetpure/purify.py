@@ -26,6 +26,8 @@ from .models.base import EpsModel
 from .schedule import NoiseFn, NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, forward_step, q_sample
 
 MASK_SOURCES = ("energy", "gradcam", "random", "all", "none")
+#: defense.method values: the bare classifier, ours, and the peers (hetpure.sde, hetpure.gdmp)
+METHODS = ("none", "uniform", "heterogeneous", "diffpure", "gdmp")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,16 @@ class PurifyConfig:
     (r denoise/re-noise round trips per step, r ε-model calls; for the resampling ablation).
     ``levels="graded"`` gives each pixel its own start level between t_s and t_l from the attention map
     (w = clip((E − tau_lo)/(tau_hi − tau_lo), 0, 1)); ``mask_source`` chooses where the mask comes from.
+    The peers, from ``t_star``: ``sde_steps`` Euler–Maruyama steps of DiffPure (:mod:`hetpure.sde`);
+    ``gdmp_guidance`` ("mse" / "ssim"), ``gdmp_scale`` and ``gdmp_iterations`` of GDMP (:mod:`hetpure.gdmp`).
+
+    Example:
+        >>> import hetpure
+        >>> cfg = hetpure.PurifyConfig(t_s=0.1, t_l=0.2, tau=0.9, ddim_steps=100, runs=8)
+        >>> cfg.validate().replace(runs=2).runs
+        2
+        >>> hetpure.PurifyConfig(t_star=0.1).validate(uniform=True).t_star  # a uniform purifier's settings
+        0.1
     """
 
     t_s: float = 0.1
@@ -61,6 +73,10 @@ class PurifyConfig:
     mask_source: str = "energy"
     max_batch: int = 32
     resize: bool = False
+    sde_steps: int = 100
+    gdmp_guidance: str = "mse"
+    gdmp_scale: float = 28687.5
+    gdmp_iterations: int = 4
 
     def replace(self, **changes: Any) -> PurifyConfig:
         return replace(self, **changes)
@@ -208,6 +224,18 @@ def _ddpm_step(eps_model: EpsModel, t: int, x: Tensor, *zs: Tensor) -> Tensor:
     return ddpm_step(eps_model.schedule, x, eps_model(x, _timestep_tensor(x, t)), t, _queue(zs))
 
 
+# Float tolerances of the stage tests. Timesteps are integers and levels·T, t_s·T are products of floats that
+# should be integers or lie between them (t_s = 0.1, T = 1000 gives 100.00000000000001 or 99.99999999999999):
+# 1e-9 keeps "s ≥ t_s·T" true at s = 100, and 1e-6 keeps "level·T < t" false when level·T = t up to rounding.
+_STAGE_TOL = 1e-9
+_LEVEL_TOL = 1e-6
+
+
+def in_stage_one(s: int, t_s: float, num_timesteps: int) -> bool:
+    """Whether the DDIM step that ends at timestep ``s`` is a stage-1 (mixing) step: s ≥ t_s·T (Alg. 1)."""
+    return s >= t_s * num_timesteps - _STAGE_TOL
+
+
 def sample_heterogeneous(
     eps_model: EpsModel,
     x0: Tensor,
@@ -233,6 +261,18 @@ def sample_heterogeneous(
     3. stage 2, the remaining pairs: plain DDIM for the whole image.
 
     Returns the sampler's final x at timestep 0 (not clamped).
+
+    Example:
+        >>> import torch, hetpure
+        >>> from hetpure.demo import load_demo_models
+        >>> eps, _ = load_demo_models()  # the small MNIST models in the package
+        >>> x0 = torch.rand(2, 1, 28, 28) * 2 - 1  # images on the diffusion scale [-1, 1]
+        >>> mask = torch.zeros(2, 1, 28, 28)
+        >>> mask[..., 8:20, 8:20] = 1  # 1 = attended: starts at t_l
+        >>> levels = 0.2 + (0.4 - 0.2) * mask  # each pixel's start level
+        >>> x = hetpure.sample_heterogeneous(eps, x0, levels, t_s=0.2, t_l=0.4, ddim_steps=10)
+        >>> tuple(x.shape)
+        (2, 1, 28, 28)
     """
     T = eps_model.num_timesteps
     ts = ddim_timesteps(T, ddim_steps, t_l)
@@ -241,8 +281,8 @@ def sample_heterogeneous(
     x = q_sample(eps_model.schedule, x0, ts[0], noise)
     level_steps = levels * T
     for t, s in zip(ts[:-1], ts[1:]):
-        if s >= t_s * T - 1e-9:
-            known = (level_steps < t - 1e-6).to(x.dtype)
+        if in_stage_one(s, t_s, T):
+            known = (level_steps < t - _LEVEL_TOL).to(x.dtype)  # the paper's 1 − m_t: pixels not yet generated
             if repaint_jumps > 1:
                 step = functools.partial(_repaint_step, eps_model, x0, known, t, s, repaint_jumps, eta)
                 n_noise = repaint_jumps * (1 + n_extra) + repaint_jumps - 1
@@ -271,6 +311,15 @@ def sample_uniform(
     ``ddim``: x ← q(x_{t_0} | x_0) at t_0 = the DDIM schedule's top entry ≤ t*·T, then DDIM steps down to
     timestep 0 (the heterogeneous sampler without stage 1). ``ddpm``: x ← q(x_{n−1} | x_0) with n = ⌊t*·T⌋,
     then n ancestral steps n−1 … 0 (DDPM eq. 6–7; DiffPure's discrete sampler), ending at the clean image.
+
+    Example:
+        >>> import torch, hetpure
+        >>> from hetpure.demo import load_demo_models
+        >>> eps, _ = load_demo_models()  # the small MNIST models in the package
+        >>> x0 = torch.rand(2, 1, 28, 28) * 2 - 1  # images on the diffusion scale [-1, 1]
+        >>> x = hetpure.sample_uniform(eps, x0, t_star=0.2, ddim_steps=10)  # 2 DDIM steps from t = 200
+        >>> tuple(x.shape)
+        (2, 1, 28, 28)
     """
     schedule = eps_model.schedule
     if sampler == "ddpm":
@@ -297,7 +346,7 @@ def eps_calls(config: PurifyConfig, num_timesteps: int = 1000, uniform: bool = F
     ts = ddim_timesteps(num_timesteps, config.ddim_steps, t_top or 0.0)
     if uniform or config.repaint_jumps == 1:
         return len(ts) - 1
-    stage1 = sum(1 for s in ts[1:] if s >= config.t_s * num_timesteps - 1e-9)
+    stage1 = sum(1 for s in ts[1:] if in_stage_one(s, config.t_s, num_timesteps))
     return len(ts) - 1 + stage1 * (config.repaint_jumps - 1)
 
 
@@ -310,13 +359,32 @@ def majority_vote(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
     """Majority vote over runs: ``labels`` (R, B) → (winner (B,), counts (B, num_classes)).
 
     Ties go to the lowest label (``argmax`` returns the first maximum).
+
+    Example:
+        >>> import torch, hetpure
+        >>> labels = torch.tensor([[3, 1], [3, 2], [5, 2]])  # R = 3 runs of B = 2 images
+        >>> winner, counts = hetpure.majority_vote(labels, num_classes=6)
+        >>> winner.tolist(), counts[0].tolist()
+        ([3, 2], [0, 0, 0, 2, 0, 1])
     """
     counts = F.one_hot(labels.long(), num_classes).sum(0)
     return counts.argmax(1), counts
 
 
 class Purifier(nn.Module):
-    """Common machinery: image checks, [0, 1] ↔ diffusion scale, resizing, batched voting."""
+    """Common machinery: image checks, [0, 1] ↔ diffusion scale, resizing, batched voting.
+
+    Example:
+        >>> import torch, hetpure
+        >>> from hetpure.demo import load_demo_models
+        >>> eps, clf = load_demo_models()  # the small MNIST models in the package
+        >>> pur = hetpure.UniformPurifier(eps, clf, hetpure.PurifyConfig(t_star=0.2, ddim_steps=10, runs=2))
+        >>> isinstance(pur, hetpure.Purifier), pur.eps_calls()
+        (True, 2)
+        >>> x = torch.rand(3, 1, 28, 28)  # images in [0, 1]
+        >>> tuple(pur.purify(x).shape), tuple(pur.vote_counts(x).shape), tuple(pur.predict(x).shape)
+        ((3, 1, 28, 28), (3, 10), (3,))
+    """
 
     uniform: bool = False
 
@@ -331,8 +399,16 @@ class Purifier(nn.Module):
             raise HetpureError(f"classifier must be a torch nn.Module, got {type(classifier).__name__}")
         self.eps_model = eps_model
         self.classifier = classifier
-        self.config = (config or PurifyConfig()).validate(eps_model.num_timesteps, uniform=self.uniform)
+        self.config = self._validated(config or PurifyConfig())
         eps_model.prefer_batch(self.config.max_batch)  # compile / CUDA graphs: one padded shape
+
+    def _validated(self, config: PurifyConfig) -> PurifyConfig:
+        """The checked config (a purifier with other settings, e.g. :mod:`hetpure.sde`, overrides this)."""
+        return config.validate(self.eps_model.num_timesteps, uniform=self.uniform)
+
+    def _steps(self, override: int | None) -> int:
+        """The sampler's step count: ``override`` (e.g. the attack's surrogate) or the configured S."""
+        return override or self.config.ddim_steps
 
     @property
     def schedule(self) -> NoiseSchedule:
@@ -406,7 +482,7 @@ class Purifier(nn.Module):
         if levels is not None:
             levels = self._resize_map(levels, x0)
         out = self._sample(
-            x0, x, default_noise(noise, generator), ddim_steps or self.config.ddim_steps, use_checkpoint, levels
+            x0, x, default_noise(noise, generator), self._steps(ddim_steps), use_checkpoint, levels
         )
         return self._from_diffusion(out, tuple(x.shape[-2:])).to(given)
 
@@ -435,7 +511,7 @@ class Purifier(nn.Module):
                 x0 = self._to_diffusion(x[rows])
                 lev = None if levels is None else self._resize_map(levels[rows], x0)
                 self.eps_model.begin_purification()
-                out = self._sample(x0, x[rows], noise_fn, self.config.ddim_steps, False, lev)
+                out = self._sample(x0, x[rows], noise_fn, self._steps(None), False, lev)
                 logits = _check_logits(self.classifier(self._from_diffusion(out, size)), x[rows])
                 labels.append(logits.argmax(1))
                 num_classes = logits.shape[1]
@@ -470,6 +546,17 @@ class HeterogeneousPurifier(Purifier):
         config: :class:`PurifyConfig`.
         mask_layers: names of the classifier layers whose activation energy makes the mask; defaults to
             ``classifier.mask_layers``.
+
+    Example:
+        >>> import torch, hetpure
+        >>> from hetpure.demo import load_demo_models
+        >>> eps, clf = load_demo_models()  # the small MNIST models in the package
+        >>> cfg = hetpure.PurifyConfig(t_s=0.2, t_l=0.4, tau=0.5, ddim_steps=10, runs=2)
+        >>> pur = hetpure.HeterogeneousPurifier(eps, clf, cfg)
+        >>> x = torch.rand(2, 1, 28, 28)  # images in [0, 1]
+        >>> m = pur.mask(x)  # 1 = attended pixel, noised to t_l
+        >>> tuple(m.shape), tuple(pur.purify(x, mask=m).shape), tuple(pur.predict(x).shape)
+        ((2, 1, 28, 28), (2, 1, 28, 28), (2,))
     """
 
     def __init__(
@@ -527,7 +614,18 @@ class HeterogeneousPurifier(Purifier):
 
 
 class UniformPurifier(Purifier):
-    """Uniform-noise purification from t* (DiffPure-style), with DDIM or ancestral DDPM steps."""
+    """Uniform-noise purification from t* (DiffPure-style), with DDIM or ancestral DDPM steps.
+
+    Example:
+        >>> import torch, hetpure
+        >>> from hetpure.demo import load_demo_models
+        >>> eps, clf = load_demo_models()  # the small MNIST models in the package
+        >>> pur = hetpure.UniformPurifier(eps, clf, hetpure.PurifyConfig(t_star=0.2, ddim_steps=10, runs=2))
+        >>> x = torch.rand(2, 1, 28, 28)  # images in [0, 1]
+        >>> x_pure = pur.purify(x, noise=torch.zeros_like)  # no noise drawn: a deterministic run
+        >>> bool((x_pure == pur.purify(x, noise=torch.zeros_like)).all())
+        True
+    """
 
     uniform = True
 
@@ -543,7 +641,19 @@ class UniformPurifier(Purifier):
 
 class PurifiedClassifier(nn.Module):
     """x ↦ classifier(purify(x)): the defended model as one differentiable, stochastic ``nn.Module``.
-    ``max_batch`` (None: no chunking) purifies larger inputs in chunks, in order; float16 is refused under grad."""
+    ``max_batch`` (None: no chunking) purifies larger inputs in chunks, in order; float16 is refused under grad.
+
+    Example:
+        >>> import torch, hetpure
+        >>> from hetpure.demo import load_demo_models
+        >>> eps, clf = load_demo_models()  # the small MNIST models in the package
+        >>> pur = hetpure.UniformPurifier(eps, clf, hetpure.PurifyConfig(t_star=0.2, ddim_steps=10))
+        >>> model = pur.as_module()  # a PurifiedClassifier
+        >>> x = torch.rand(2, 1, 28, 28, requires_grad=True)
+        >>> model(x).logsumexp(1).sum().backward()  # gradients flow through the purification
+        >>> tuple(x.grad.shape)
+        (2, 1, 28, 28)
+    """
 
     def __init__(self, purifier: Purifier, ddim_steps: int | None = None, use_checkpoint: bool = False,
                  max_batch: int | None = None) -> None:
@@ -570,11 +680,19 @@ def purifier_from_config(
     eps_model: EpsModel, classifier: nn.Module, method: str, config: PurifyConfig,
     mask_layers: Sequence[str] | None = None,
 ) -> Purifier | None:
-    """Build the purifier for ``method`` in {'none', 'uniform', 'heterogeneous'} (None for 'none')."""
+    """Build the purifier for ``method`` in :data:`METHODS` (None for 'none')."""
     if method == "none":
         return None
     if method == "uniform":
         return UniformPurifier(eps_model, classifier, config)
     if method == "heterogeneous":
         return HeterogeneousPurifier(eps_model, classifier, config, mask_layers=mask_layers)
-    raise ConfigError(f"unknown defense method {method!r}; use none, uniform or heterogeneous")
+    if method == "diffpure":
+        from .sde import DiffPurePurifier
+
+        return DiffPurePurifier(eps_model, classifier, config)
+    if method == "gdmp":
+        from .gdmp import GDMPPurifier
+
+        return GDMPPurifier(eps_model, classifier, config)
+    raise ConfigError(f"unknown defense method {method!r}; use one of {', '.join(METHODS)}")

@@ -19,7 +19,6 @@ User networks are wrapped with :func:`as_classifier`; :func:`check_logits` valid
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import HetpureError, MissingDependencyError
+from ..mask import resolve_layers
 from .checkpoint import load_into, load_state_dict_file
 from .registry import register_classifier
 
@@ -133,28 +133,6 @@ class ImageClassifier(nn.Module):
         return (x - self.mean) / self.std
 
 
-def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
-    """The submodules of ``model`` named ``names``; a clear error listing close names for unknown ones."""
-    if isinstance(names, str):
-        raise HetpureError(
-            f"mask layers must be a list of module names, got the string {names!r}; use [{names!r}]"
-        )
-    modules = dict(model.named_modules())
-    out: list[nn.Module] = []
-    for name in names:
-        if name not in modules or name == "":
-            candidates = [n for n in modules if n]
-            close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
-            hint = f" Close names: {', '.join(close)}." if close else ""
-            some = ", ".join(candidates[:8]) + (", ..." if len(candidates) > 8 else "")
-            raise HetpureError(
-                f"layer {name!r} does not exist in {type(model).__name__}.{hint} Names are as in "
-                f"model.named_modules(), e.g. {some}"
-            )
-        out.append(modules[name])
-    return out
-
-
 class WrappedClassifier(ImageClassifier):
     """A user network under ``net`` with optional normalisation in front; see :func:`as_classifier`."""
 
@@ -198,6 +176,15 @@ def as_classifier(
 
     Raises:
         HetpureError: a layer name that does not exist (with close names), no mask layers, or bad mean/std.
+
+    Example:
+        >>> import torch, hetpure
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        ...                     nn.Linear(8, 10))
+        >>> clf = hetpure.as_classifier(net, mask_layers=["1"], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        >>> clf.mask_layers, tuple(clf(torch.rand(2, 3, 32, 32)).shape)
+        (['net.1'], (2, 10))
     """
     if not isinstance(module, nn.Module):
         raise HetpureError(f"as_classifier needs a torch.nn.Module, got {type(module).__name__}")
@@ -223,6 +210,16 @@ def check_logits(classifier: nn.Module, x: Tensor, num_classes: int | None = Non
     Returns the logits. Raises :class:`~hetpure.errors.HetpureError` for a tuple/dict/other object, a wrong
     batch dimension, a 1-D or >2-D tensor, an integer tensor, a class count different from ``num_classes``
     (or the classifier's ``num_classes`` attribute), or non-finite values.
+
+    Example:
+        >>> import torch, hetpure
+        >>> clf = hetpure.load_classifier("cifar_resnet20")
+        >>> tuple(hetpure.check_logits(clf, torch.rand(2, 3, 32, 32)).shape)
+        (2, 10)
+        >>> hetpure.check_logits(clf, torch.rand(2, 3, 32, 32), num_classes=100)
+        Traceback (most recent call last):
+            ...
+        hetpure.errors.HetpureError: CifarResNet returned 10 logits per image; expected 100 classes
     """
     name = type(classifier).__name__
     if not torch.is_tensor(x) or x.dim() != 4:

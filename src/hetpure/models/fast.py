@@ -1,4 +1,4 @@
-"""Optional speed-ups of an ε-model, each off by default (issue 9): compile, channels_last, autocast, CUDA graphs.
+"""Optional speed-ups of an ε-model, each off by default: compile, channels_last, autocast, CUDA graphs.
 
 :func:`accelerate` wraps any :class:`EpsModel` in an :class:`AcceleratedEps` that has the same schedule,
 channels and call convention, so every purifier, attack and evaluation can use it unchanged. Each flag is
