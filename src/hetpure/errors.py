@@ -17,15 +17,40 @@ from __future__ import annotations
 
 
 class HetpureError(Exception):
-    """Bad input, configuration or file: the message says what is wrong and how to fix it."""
+    """Bad input, configuration or file: the message says what is wrong and how to fix it.
+
+    Example:
+        >>> import hetpure
+        >>> try:
+        ...     hetpure.load_classifier("resnet-20")
+        ... except hetpure.HetpureError as exc:  # catches every error hetpure raises on purpose
+        ...     print(exc)
+        unknown classifier 'resnet-20'. Did you mean ...
+    """
 
 
 class ConfigError(HetpureError, ValueError):
-    """An invalid setting in a :class:`~hetpure.purify.PurifyConfig` or an evaluation config."""
+    """An invalid setting in a :class:`~hetpure.purify.PurifyConfig` or an evaluation config.
+
+    Example:
+        >>> import hetpure
+        >>> hetpure.PurifyConfig(t_s=0.3, t_l=0.2).validate()
+        Traceback (most recent call last):
+            ...
+        hetpure.errors.ConfigError: need 0 <= t_s <= t_l <= 1, got t_s=0.3, t_l=0.2
+    """
 
 
 class CheckpointError(HetpureError):
-    """A checkpoint file that is missing, unsafe to load, or whose keys do not match the model."""
+    """A checkpoint file that is missing, unsafe to load, or whose keys do not match the model.
+
+    Example:
+        >>> import hetpure
+        >>> hetpure.load_state_dict_file("missing.safetensors")
+        Traceback (most recent call last):
+            ...
+        hetpure.errors.CheckpointError: checkpoint file not found: missing.safetensors. ...
+    """
 
 
 class DataError(HetpureError):

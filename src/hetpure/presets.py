@@ -52,6 +52,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def list_presets() -> list[str]:
+    """Sorted names of the presets (``preset:`` in a config, :func:`preset_purify_config`).
+
+    Example:
+        >>> import hetpure
+        >>> {"cifar10-scoresde", "imagenet-adm"} <= set(hetpure.list_presets())
+        True
+    """
     return sorted(PRESETS)
 
 
@@ -63,6 +70,13 @@ def get_preset(name: str) -> dict[str, dict[str, Any]]:
 
 
 def preset_purify_config(name: str, **changes: Any) -> PurifyConfig:
-    """The preset's :class:`PurifyConfig` (``changes`` override single fields)."""
+    """The preset's :class:`PurifyConfig` (``changes`` override single fields).
+
+    Example:
+        >>> import hetpure
+        >>> cfg = hetpure.preset_purify_config("cifar10-scoresde", runs=4)
+        >>> cfg.t_s, cfg.t_l, cfg.tau, cfg.ddim_steps, cfg.runs
+        (0.1, 0.2, 0.9, 500, 4)
+    """
     defense = {k: v for k, v in get_preset(name)["defense"].items() if k != "method"}
     return PurifyConfig(**{**defense, **changes}).validate()

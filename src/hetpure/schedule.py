@@ -45,7 +45,14 @@ def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 
 
 @dataclass(frozen=True)
 class NoiseSchedule:
-    """A discrete variance schedule β_0 … β_{T−1} with cached ᾱ (as Python floats)."""
+    """A discrete variance schedule β_0 … β_{T−1} with cached ᾱ (as Python floats).
+
+    Example:
+        >>> import hetpure
+        >>> s = hetpure.NoiseSchedule.linear()  # DDPM's β from 1e-4 to 0.02 over T = 1000 steps
+        >>> s.num_timesteps, round(s.alpha_bar(199), 3)  # ᾱ at 0.2·T
+        (1000, 0.659)
+    """
 
     betas: tuple[float, ...]
 

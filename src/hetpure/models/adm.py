@@ -459,6 +459,15 @@ class AdmEps(EpsModel):
         loaded_weights: which weights were loaded (``"state_dict"``, ``"ema"``, ``"model"``, or ``None`` for
             random initialisation); set by :func:`hetpure.load_eps_model`.
         weights_source: the checkpoint path, when loaded from a file.
+
+    Example:
+        >>> import torch, hetpure
+        >>> tiny = {"image_size": 16, "num_channels": 32, "num_res_blocks": 1, "num_head_channels": 8,
+        ...         "attention_resolutions": "8", "channel_mult": "1,1"}  # guided-diffusion flags
+        >>> eps = hetpure.models.build_eps_model("adm", tiny)  # random weights
+        >>> type(eps).__name__, tuple(eps(torch.randn(1, 3, 16, 16), 100).shape)
+        ('AdmEps', (1, 3, 16, 16))
+        >>> eps = hetpure.load_eps_model("adm", "256x256_diffusion_uncond.pt")  # doctest: +SKIP
     """
 
     def __init__(self, net: AdmUNet, schedule: NoiseSchedule | None = None) -> None:

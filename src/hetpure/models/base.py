@@ -19,6 +19,15 @@ class EpsModel(nn.Module):
         schedule: the β schedule the network was trained with.
         in_channels: image channels the network expects.
         image_size: the spatial size the network was trained at (``None`` if any size works).
+
+    Example:
+        >>> import torch, hetpure
+        >>> class ZeroEps(hetpure.EpsModel):  # a toy ε-model that always predicts 0
+        ...     def predict_eps(self, x_t, t):
+        ...         return torch.zeros_like(x_t)
+        >>> eps = ZeroEps(hetpure.NoiseSchedule.linear(), in_channels=3)
+        >>> eps.num_timesteps, tuple(eps(torch.randn(2, 3, 8, 8), 100).shape)
+        (1000, (2, 3, 8, 8))
     """
 
     def __init__(self, schedule: NoiseSchedule, in_channels: int, image_size: int | None = None) -> None:

@@ -154,7 +154,15 @@ def _unwrap(obj: Any, p: Path, warn: bool = True) -> tuple[dict[str, Tensor], bo
 
 def load_state_dict_file(path: str | Path, trust_pickle: bool = False) -> dict[str, Tensor]:
     """The state dict of a checkpoint file (see :func:`read_checkpoint`, which also says whether score_sde EMA
-    weights are stored beside it; this function warns about them instead)."""
+    weights are stored beside it; this function warns about them instead).
+
+    Example:
+        >>> import hetpure
+        >>> from hetpure.demo import assets_dir
+        >>> sd = hetpure.load_state_dict_file(assets_dir() / "classifier.safetensors")  # the demo's MNIST CNN
+        >>> len(sd), sorted(sd)[0], tuple(sd["fc.bias"].shape)
+        (38, 'fc.bias', (10,))
+    """
     return read_checkpoint(path, trust_pickle, warn=True)[0]
 
 

@@ -47,6 +47,15 @@ class DiffusersEps(EpsModel):
     """Wrap a diffusers ``UNet2DModel``: ``eps(x_t, t) = unet(x_t, t).sample``.
 
     A network with twice the input channels (learned variance) returns its first half as ε.
+
+    Example:
+        >>> import torch, hetpure
+        >>> from hetpure.demo import assets_dir
+        >>> eps = hetpure.DiffusersEps.from_pretrained(assets_dir() / "ddpm")  # the MNIST DDPM in the package
+        >>> eps.in_channels, eps.image_size, eps.num_timesteps
+        (1, 28, 1000)
+        >>> tuple(eps(torch.randn(2, 1, 28, 28), torch.tensor([10.0, 300.0])).shape)
+        (2, 1, 28, 28)
     """
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule | None = None) -> None:

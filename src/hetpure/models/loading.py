@@ -202,6 +202,14 @@ def load_eps_model(
         CheckpointError: missing/unreadable/unsafe file, or keys and shapes that do not fit the network
             (the message lists them).
         ConfigError: an invalid or unsupported architecture setting.
+
+    Example:
+        >>> import hetpure
+        >>> from hetpure.demo import assets_dir
+        >>> eps = hetpure.load_eps_model("diffusers", assets_dir() / "ddpm")  # the MNIST DDPM in the package
+        >>> eps.loaded_weights, eps.image_size
+        ('diffusers', 28)
+        >>> eps = hetpure.load_eps_model("ncsnpp", "checkpoint_8.pth")  # doctest: +SKIP
     """
     k = _check_kind(kind)
     torch_dtype = resolve_dtype(dtype)

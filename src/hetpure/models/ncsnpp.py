@@ -459,6 +459,15 @@ class NcsnppEps(EpsModel):
         loaded_weights: ``"ema"`` (score_sde EMA shadow parameters), ``"model"`` (the raw training weights
             of a score_sde checkpoint), ``"state_dict"`` (a plain state dict) or ``None`` (random init).
         weights_source: the checkpoint path, when loaded from a file.
+
+    Example:
+        >>> import torch, hetpure
+        >>> tiny = {"data": {"image_size": 16}, "model": {"nf": 16, "ch_mult": [1, 2], "num_res_blocks": 1,
+        ...                                              "attn_resolutions": [8]}}  # score_sde's config layout
+        >>> eps = hetpure.models.build_eps_model("ncsnpp", tiny)  # random weights
+        >>> type(eps).__name__, tuple(eps(torch.randn(1, 3, 16, 16), 100).shape)
+        ('NcsnppEps', (1, 3, 16, 16))
+        >>> eps = hetpure.load_eps_model("ncsnpp", "checkpoint_8.pth")  # doctest: +SKIP
     """
 
     def __init__(self, net: NCSNpp, schedule: NoiseSchedule | None = None) -> None:

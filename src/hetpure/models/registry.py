@@ -75,7 +75,13 @@ def _ensure_builtin() -> None:
 
 
 def list_classifiers() -> list[str]:
-    """Sorted names accepted by :func:`load_classifier`."""
+    """Sorted names accepted by :func:`load_classifier`.
+
+    Example:
+        >>> import hetpure
+        >>> "cifar_resnet20" in hetpure.list_classifiers()
+        True
+    """
     _ensure_builtin()
     return sorted(_REGISTRY)
 
@@ -109,6 +115,13 @@ def load_classifier(
 
     Returns:
         The classifier in eval mode, taking [0, 1] images, with ``mask_layers`` and ``weights_source``.
+
+    Example:
+        >>> import hetpure
+        >>> clf = hetpure.load_classifier("cifar_resnet20")  # random weights; give path= for trained ones
+        >>> clf.mask_layers, clf.weights_source
+        (['layer1', 'layer2', 'layer3'], None)
+        >>> clf = hetpure.load_classifier("cifar_resnet20", "resnet20.safetensors")  # doctest: +SKIP
     """
     spec = describe_classifier(name)
     params = inspect.signature(spec.factory).parameters
