@@ -42,7 +42,7 @@ BAD_VALUES = [
     ("defense", "resize", "yes", r"defense\.resize must be the boolean"),
     ("run", "batch_size", 0, r"run\.batch_size: must be greater than or equal to 1"),
     ("defense", "t_l", 2.0, r"defense\.t_l: must be less than or equal to 1"),
-    ("attack", "gradient", "exakt", r"attack\.gradient: must be 'surrogate', 'exact' or 'bpda'"),
+    ("attack", "gradient", "exakt", r"attack\.gradient: must be 'surrogate', 'exact', 'bpda' or 'adjoint'"),
     ("defense", "tua", 0.5, r"unknown key defense\.tua \(did you mean tau"),
 ]
 

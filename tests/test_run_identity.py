@@ -100,6 +100,10 @@ CHANGES_NUMBERS: list[tuple[str, str, Any, dict[str, dict[str, Any]]]] = [
     ("defense", "mask_source", "gradcam", {}),
     ("defense", "max_batch", 8, {}),
     ("defense", "resize", True, {}),
+    ("defense", "sde_steps", 50, {"defense": {"method": "diffpure"}}),  # each read by its peer method only
+    ("defense", "gdmp_guidance", "ssim", {"defense": {"method": "gdmp"}}),
+    ("defense", "gdmp_scale", 1000.0, {"defense": {"method": "gdmp"}}),
+    ("defense", "gdmp_iterations", 2, {"defense": {"method": "gdmp"}}),
     ("attack", "name", "apgd-ce", {}),
     ("attack", "norm", "l2", {}),
     ("attack", "eps", 0.1, {}),

@@ -2,6 +2,7 @@
 
 from .data import load_dataset
 from .errors import CheckpointError, ConfigError, HetpureError
+from .gdmp import GDMPPurifier
 from .mask import ActivationRecorder, binarize, energy_map
 from .models import AdmEps, DiffusersEps, EpsModel, NcsnppEps, load_eps_model
 from .models.checkpoint import load_state_dict_file
@@ -19,6 +20,7 @@ from .purify import (
     sample_uniform,
 )
 from .schedule import NoiseSchedule
+from .sde import DiffPurePurifier
 
 __version__ = "0.1.0"
 
@@ -27,8 +29,10 @@ __all__ = [
     "AdmEps",
     "CheckpointError",
     "ConfigError",
+    "DiffPurePurifier",
     "DiffusersEps",
     "EpsModel",
+    "GDMPPurifier",
     "HeterogeneousPurifier",
     "HetpureError",
     "NcsnppEps",

@@ -1,6 +1,6 @@
 """What is available by name (``hetpure list``), and name checks that suggest the closest valid names.
 
-:func:`catalog` lists classifiers, datasets, ε-model kinds, attacks and presets with one line each;
+:func:`catalog` lists classifiers, datasets, ε-model kinds, defence methods, attacks and presets with one line each;
 :func:`check_names` refuses an unknown name in a config (classifier, dataset, preset) with the closest
 valid ones, before any model or data is loaded.
 """
@@ -13,7 +13,7 @@ from .config_schema import suggest
 from .errors import ConfigError, HetpureError
 
 #: The categories of :func:`catalog`, in display order.
-CATEGORIES: tuple[str, ...] = ("classifiers", "datasets", "eps-models", "attacks", "presets")
+CATEGORIES: tuple[str, ...] = ("classifiers", "datasets", "eps-models", "methods", "attacks", "presets")
 
 _EPS_MODELS = {
     "diffusers": "a diffusers UNet2DModel folder (config.json + weights + scheduler_config.json), "
@@ -29,6 +29,14 @@ _ATTACKS = {
     "apgd-dlr": "Auto-PGD with EOT on the DLR loss (Croce & Hein 2020)",
     "mask-pgd": "PGD-EOT that puts its perturbation where heterogeneous purification adds little noise",
     "lowfreq-pgd": "PGD-EOT on a coarse grid upsampled to the image (low frequencies survive noising)",
+}
+_METHODS = {
+    "none": "the bare classifier (no purification)",
+    "uniform": "uniform noise from t_star, DDIM or ancestral DDPM steps (DiffPure-style discrete baseline)",
+    "heterogeneous": "heterogeneous noise: attended pixels from t_l, the rest from t_s (Pei et al., CVPR 2025)",
+    "diffpure": "DiffPure (Nie et al., ICML 2022): reverse VP-SDE from t_star, sde_steps Euler–Maruyama steps; "
+                "attack.gradient adjoint gives its torchsde adjoint",
+    "gdmp": "GDMP (Wang et al. 2022): gdmp_iterations guided DDPM chains from t_star, gdmp_guidance mse or ssim",
 }
 _LABEL_SETS = {"cifar10": 10, "mnist": 10, "imagenet": 1000}
 
@@ -80,10 +88,16 @@ def _eps_models() -> list[tuple[str, str]]:
     return [(kind, _EPS_MODELS.get(kind, "")) for kind in EPS_MODEL_KINDS]
 
 
+def _methods() -> list[tuple[str, str]]:
+    from .purify import METHODS
+
+    return [(name, _METHODS.get(name, "")) for name in METHODS]
+
+
 def _attacks() -> list[tuple[str, str]]:
     from .attacks import ATTACKS
 
-    return [(name, _ATTACKS.get(name, "")) for name in ATTACKS]
+    return [(name, _ATTACKS.get(name, "")) for name in ("none", *ATTACKS)]
 
 
 def _presets() -> list[tuple[str, str]]:
@@ -104,8 +118,8 @@ def _presets() -> list[tuple[str, str]]:
     return rows
 
 
-_BUILDERS = {"classifiers": _classifiers, "datasets": _datasets, "eps-models": _eps_models, "attacks": _attacks,
-             "presets": _presets}
+_BUILDERS = {"classifiers": _classifiers, "datasets": _datasets, "eps-models": _eps_models, "methods": _methods,
+             "attacks": _attacks, "presets": _presets}
 
 
 def catalog(category: str | None = None) -> dict[str, list[tuple[str, str]]]:

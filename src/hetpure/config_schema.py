@@ -58,7 +58,8 @@ class DiffusionSection(BaseModel):
 
 class DefenseSection(BaseModel):
     model_config = _STRICT
-    method: Literal["none", "uniform", "heterogeneous"] = Field("heterogeneous", description="the defence")
+    method: Literal["none", "uniform", "heterogeneous", "diffpure", "gdmp"] = Field(
+        "heterogeneous", description="the defence (diffpure, gdmp: the peers, from t_star)")
     t_s: Unit = Field(0.1, ge=0, le=1, description="noise level of unattended pixels (fraction of T)")
     t_l: Unit = Field(0.2, ge=0, le=1, description="noise level of attended pixels")
     tau: Unit | None = Field(0.9, ge=0, le=1, description="mask threshold on the energy map")
@@ -68,7 +69,7 @@ class DefenseSection(BaseModel):
     ddim_steps: int = Field(500, ge=1, description="S: nominal DDIM steps")
     eta: float = Field(0.0, ge=0, description="DDIM η")
     runs: int = Field(20, ge=1, description="R: purifications per majority vote")
-    t_star: Unit | None = Field(None, gt=0, le=1, description="uniform noise level")
+    t_star: Unit | None = Field(None, gt=0, le=1, description="uniform, diffpure and gdmp noise level")
     sampler: Literal["ddim", "ddpm"] = Field("ddim", description="uniform sampler")
     levels: Literal["binary", "graded"] = Field("binary", description="binary mask or graded start levels")
     tau_lo: Unit | None = Field(None, ge=0, le=1, description="graded: energy at which levels start to rise")
@@ -76,6 +77,10 @@ class DefenseSection(BaseModel):
     mask_source: Literal["energy", "gradcam", "random", "all", "none"] = Field("energy", description="mask")
     max_batch: int = Field(32, ge=1, description="images per ε-model call when R runs are batched")
     resize: bool = Field(False, description="resize images to the diffusion model's size and back")
+    sde_steps: int = Field(100, ge=1, description="diffpure: Euler–Maruyama steps from t_star (DiffPure: 100)")
+    gdmp_guidance: Literal["mse", "ssim"] = Field("mse", description="gdmp: distance the guidance reduces")
+    gdmp_scale: float = Field(28687.5, ge=0, description="gdmp: guidance scale s per image (docs/method.md)")
+    gdmp_iterations: int = Field(4, ge=1, description="gdmp: purification iterations (GDMP: 4)")
 
 
 class AttackSection(BaseModel):
@@ -87,7 +92,8 @@ class AttackSection(BaseModel):
     step_size: float | None = Field(None, gt=0, description="step (default from eps)")
     steps: int = Field(40, ge=1, description="iterations")
     eot: int = Field(1, ge=1, description="EOT samples per gradient")
-    gradient: Literal["surrogate", "exact", "bpda"] = Field("surrogate", description="how gradients flow")
+    gradient: Literal["surrogate", "exact", "bpda", "adjoint"] = Field(
+        "surrogate", description="how gradients flow (adjoint: diffpure only, torchsde)")
     surrogate_ddim_steps: int = Field(10, ge=1, description="S of the surrogate the attack differentiates")
     random_start: bool = Field(False, description="start at a random point of the ball")
     eot_batch: int = Field(256, ge=1, description="images per differentiated chunk")
@@ -315,8 +321,28 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"{prefix}.method uniform needs {prefix}.t_star; fix: --set {prefix}.t_star=0.1")
         if method == "heterogeneous" and section["t_s"] > section["t_l"]:
             raise ConfigError(f"{prefix}.t_s ({section['t_s']}) must not exceed {prefix}.t_l ({section['t_l']})")
+        if method in ("diffpure", "gdmp") and section["t_star"] is None:
+            raise ConfigError(f"{prefix}.method {method} needs {prefix}.t_star; fix: --set {prefix}.t_star="
+                              f"{0.1 if method == 'diffpure' else 0.036} (the authors' CIFAR-10 setting)")
+    _check_adjoint(cfg)
     if not cfg["run"]["out"]:
         raise ConfigError("run.out (the output folder) is required; fix: --out DIR")
+
+
+def _check_adjoint(cfg: dict[str, Any]) -> None:
+    """``attack.gradient: adjoint`` is DiffPure's adjoint SDE: only for an attacked diffpure pipeline, with torchsde."""
+    if cfg["attack"]["gradient"] != "adjoint":
+        return
+    attacked = cfg["attack"]["through"] or cfg["defense"]
+    if attacked["method"] != "diffpure":
+        where = "attack.through" if cfg["attack"]["through"] else "defense"
+        raise ConfigError(f"attack.gradient adjoint solves DiffPure's adjoint SDE, so it needs {where}.method "
+                          f"diffpure (got {attacked['method']}); fix: --set attack.gradient=exact")
+    import importlib.util
+
+    if importlib.util.find_spec("torchsde") is None:
+        raise ConfigError("attack.gradient adjoint needs torchsde, which is not installed; fix: pip install "
+                          "'hetpure[sde]' (or --set attack.gradient=exact)")
 
 
 def purify_config(defense: dict[str, Any]) -> PurifyConfig:

@@ -141,13 +141,13 @@ def _generator(seed: int, files: list[ImageFile]) -> torch.Generator:
 
 def _settings_key(cfg: dict[str, Any]) -> str:
     """What a purified file depends on: the models' contents, the defence and the seed (never a path)."""
-    from .identity import path_digest
+    from .identity import defense_identity, path_digest
 
     c, d = cfg["classifier"], cfg["diffusion"]
     ident = {
         "classifier": {k: c[k] for k in ("name", "options", "mask_layers")} | {"digest": path_digest(c["path"])},
         "diffusion": {k: d[k] for k in ("kind", "dtype", "accelerate")} | {"digest": path_digest(d["path"])},
-        "defense": cfg["defense"], "seed": cfg["run"]["seed"], "batch_size": cfg["run"]["batch_size"],
+        "defense": defense_identity(cfg["defense"]), "seed": cfg["run"]["seed"], "batch_size": cfg["run"]["batch_size"],
         "device_type": torch.device(cfg["run"]["device"]).type,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]

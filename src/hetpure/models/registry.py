@@ -1,4 +1,5 @@
-"""Name -> classifier registry: ``@register_classifier("name")`` on a factory, ``load_classifier("name")``.
+"""Name -> classifier: ``load_classifier("name")`` over the zoo table (:data:`hetpure.models.zoo.ZOO`), and
+``@register_classifier("name")`` to add a factory of your own.
 
 A factory is called as ``factory(path, trust_pickle=..., **kw)`` and returns a classifier module that
 takes [0, 1] images, holds its own normalisation and has a ``mask_layers`` attribute. The registry puts
@@ -11,13 +12,14 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from torch import nn
 
 from ..errors import HetpureError
+from .spec import ClassifierSpec
+from .zoo import ZOO
 
 __all__ = [
     "ClassifierSpec",
@@ -30,27 +32,9 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 
-@dataclass(frozen=True)
-class ClassifierSpec:
-    """One registry entry.
+#: Every classifier by name: the zoo's built-in entries plus those added with :func:`register_classifier`.
+_REGISTRY: dict[str, ClassifierSpec] = ZOO
 
-    Attributes:
-        name: the registry name.
-        factory: ``factory(path, trust_pickle=False, **kw) -> nn.Module``.
-        description: one line for listings and error messages.
-        input_shape: ``(C, H, W)`` the weights expect, if fixed.
-        label_set: the class names its outputs stand for (``"cifar10"``, ``"mnist"``, ``"imagenet"``), if
-            known: image folders are then labelled by folder name, not by sorted position.
-    """
-
-    name: str
-    factory: Callable[..., nn.Module]
-    description: str
-    input_shape: tuple[int, int, int] | None
-    label_set: str | None = None
-
-
-_REGISTRY: dict[str, ClassifierSpec] = {}
 
 
 def register_classifier(
@@ -70,10 +54,6 @@ def register_classifier(
     return deco
 
 
-def _ensure_builtin() -> None:
-    from . import classifiers  # noqa: F401  (importing registers the built-in classifiers)
-
-
 def list_classifiers() -> list[str]:
     """Sorted names accepted by :func:`load_classifier`.
 
@@ -82,13 +62,11 @@ def list_classifiers() -> list[str]:
         >>> "cifar_resnet20" in hetpure.list_classifiers()
         True
     """
-    _ensure_builtin()
     return sorted(_REGISTRY)
 
 
 def describe_classifier(name: str) -> ClassifierSpec:
     """The registry entry for ``name`` (a clear error for unknown names)."""
-    _ensure_builtin()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
