@@ -423,7 +423,7 @@ def test_benchmarks_offer_gpu_flags(script: str) -> None:
 
 
 def test_checkpoint_does_not_preserve_rng_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hetpure.purify as purify_module
+    import hetpure.sampling as purify_module
 
     seen: list[dict[str, Any]] = []
     real = purify_module._checkpoint

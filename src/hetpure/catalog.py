@@ -89,7 +89,7 @@ def _eps_models() -> list[tuple[str, str]]:
 
 
 def _methods() -> list[tuple[str, str]]:
-    from .purify import METHODS
+    from .config import METHODS
 
     return [(name, _METHODS.get(name, "")) for name in METHODS]
 

@@ -14,7 +14,8 @@ from torch import nn
 from .config_schema import purify_config
 from .errors import ConfigError
 from .identity import dataset_fingerprint, identity_hash, module_digest, path_digest, run_identity
-from .purify import Purifier, purifier_from_config
+from .methods import purifier_from_config
+from .purify import Purifier
 
 
 def settings_hash(cfg: dict[str, Any], dataset: Any = None, classifier: nn.Module | None = None,

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from .config import PurifyConfig
 from .errors import ConfigError
 from .identity import expand_path
-from .purify import PurifyConfig
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 Unit = float

@@ -89,7 +89,7 @@ def demo_methods() -> dict[str, dict[str, Any]]:
 def run_demo(out: str | Path = "hetpure-demo", n: int = 32, quick: bool = False) -> dict[str, Any]:
     """Run the demo; returns {method: summary}. Rerunning resumes finished work."""
     from .evaluate import evaluate
-    from .purify import purifier_from_config
+    from .methods import purifier_from_config
     from .viz import save_grid
 
     out = Path(out)

@@ -28,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import PurifyConfig
 from .devices import check_timesteps
 from .errors import ConfigError
 from .models.base import EpsModel
-from .purify import Purifier, PurifyConfig, _queue, _run_step, _timestep_tensor
+from .purify import Purifier
+from .sampling import _queue, _run_step, _timestep_tensor
 from .schedule import NoiseFn, NoiseSchedule, q_sample
 from .sde import start_index
 

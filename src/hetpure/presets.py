@@ -20,8 +20,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .config import PurifyConfig
 from .errors import ConfigError
-from .purify import PurifyConfig
 
 #: images per ε-model call and per differentiated attack chunk, per preset (see the module docstring)
 MEMORY_MAX_BATCH = {"cifar10-scoresde": 64, "imagenet-adm": 4}

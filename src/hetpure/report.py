@@ -16,7 +16,7 @@ import torch
 from .config_schema import purify_config
 from .gdmp import gdmp_eps_calls
 from .identity import portable_config
-from .purify import eps_calls
+from .sampling import eps_calls
 from .sde import diffpure_eps_calls
 from .stats import wilson_interval
 

@@ -38,10 +38,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .config import PurifyConfig
 from .devices import check_timesteps
 from .errors import ConfigError, HetpureError
 from .models.base import EpsModel
-from .purify import PurifiedClassifier, Purifier, PurifyConfig, _run_step
+from .purify import PurifiedClassifier, Purifier
+from .sampling import _run_step
 from .schedule import NoiseFn, NoiseSchedule, q_sample
 
 INSTALL_SDE = "pip install 'hetpure[sde]'"
