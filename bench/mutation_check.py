@@ -64,7 +64,7 @@ MUTANTS: list[Mutant] = [
     Mutant("apgd-never-halves", "attacks/apgd.py", "step / 2", "step / 1", ATTACK_TESTS),
     Mutant("eot-first-sample-only", "attacks/base.py",
            "+= g.view(k, *xp.shape).sum(0)", "+= k * g.view(k, *xp.shape)[0]", ATTACK_TESTS),
-    Mutant("settings-hash-leaves-out-tau", "identity.py",
+    Mutant("settings-hash-leaves-out-tau", "evaluation/identity.py",
            'NOT_IN_IDENTITY: dict[str, tuple[str, ...]] = {\n',
            'NOT_IN_IDENTITY: dict[str, tuple[str, ...]] = {\n    "defense": ("tau",),\n', IDENTITY_TESTS),
     Mutant("q-sample-abar-not-sqrt", "schedule.py",
@@ -127,11 +127,11 @@ MUTANTS: list[Mutant] = [
     Mutant("linf-projection-2eps", "attacks/base.py",
            "delta = delta.clamp(-eps, eps)", "delta = delta.clamp(-2 * eps, 2 * eps)", ATTACK_TESTS),
     # --- run identity --------------------------------------------------------------------------------------
-    Mutant("identity-leaves-out-run-seed", "identity.py",
+    Mutant("identity-leaves-out-run-seed", "evaluation/identity.py",
            '"run": ("out", "progress",', '"run": ("seed", "out", "progress",', IDENTITY_TESTS),
-    Mutant("identity-ignores-data-content", "identity.py",
+    Mutant("identity-ignores-data-content", "evaluation/identity.py",
            'ident["data"]["fingerprint"] = data_fingerprint', 'ident["data"]["fingerprint"] = None', IDENTITY_TESTS),
-    Mutant("identity-ignores-classifier-weights", "identity.py",
+    Mutant("identity-ignores-classifier-weights", "evaluation/identity.py",
            'ident["classifier"]["digest"] = classifier_digest', 'ident["classifier"]["digest"] = None',
            IDENTITY_TESTS),
 ]

@@ -1,4 +1,4 @@
-"""Migrate run folders to portable run identities (hetpure.migrate), recomputing no image.
+"""Migrate run folders to portable run identities (hetpure.evaluation.migrate), recomputing no image.
 
     HETPURE_SHARED=../shared python scripts/migrate_runs.py docs/results/records [--map /old/prefix=/new/prefix]
 
@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from hetpure.errors import HetpureError
-from hetpure.migrate import migrate_tree
+from hetpure.evaluation.migrate import migrate_tree
 
 
 def main() -> int:

@@ -15,9 +15,11 @@ from test_purify import TinyClassifier, images, tiny_unet
 import hetpure
 from hetpure import PurifyConfig
 from hetpure.catalog import catalog
-from hetpure.config_schema import resolve_config
 from hetpure.errors import ConfigError, HetpureError
 from hetpure.evaluate import evaluate
+from hetpure.evaluation.config import resolve_config
+from hetpure.evaluation.identity import defense_identity
+from hetpure.evaluation.report import describe_pipeline, pipeline_calls
 from hetpure.gdmp import (
     GDMPPurifier,
     _gdmp_step,
@@ -27,9 +29,7 @@ from hetpure.gdmp import (
     guided_step,
     ssim,
 )
-from hetpure.identity import defense_identity
 from hetpure.models.base import EpsModel
-from hetpure.report import describe_pipeline, pipeline_calls
 from hetpure.schedule import NoiseSchedule
 from hetpure.sde import (
     T_END,

@@ -22,8 +22,8 @@ from hetpure import cli
 from hetpure.data import CIFAR10_CLASSES, load_dataset
 from hetpure.errors import ConfigError, HetpureError, RecordsError
 from hetpure.evaluate import evaluate, resolve_config
-from hetpure.migrate import map_path, migrate_run
-from hetpure.records import RunLock, append_records, read_records, repair_tail
+from hetpure.evaluation.migrate import map_path, migrate_run
+from hetpure.evaluation.records import RunLock, append_records, read_records, repair_tail
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,7 +178,7 @@ def test_a_read_only_finished_run_is_summarised(assets: Path, tmp_path: Path, mo
     cfg["data"]["n"] = 2
     first = evaluate(cfg)
     stamp = (out / "summary.json").stat().st_mtime_ns
-    monkeypatch.setattr("hetpure.evaluate.os.access", lambda *a: False)  # root ignores chmod: say it is read-only
+    monkeypatch.setattr("hetpure.evaluation.runner.os.access", lambda *a: False)  # root ignores chmod
     again = evaluate(cfg)
     assert again["robust_accuracy"] == first["robust_accuracy"] and again["n"] == 2
     assert (out / "summary.json").stat().st_mtime_ns == stamp
@@ -323,11 +323,11 @@ def test_no_committed_result_holds_an_absolute_path() -> None:
 
 
 def test_config_reference_in_the_docs_is_generated_from_the_schema() -> None:
-    from hetpure.config_schema import config_reference_markdown
+    from hetpure.evaluation.config import config_reference_markdown
 
     doc = (REPO / "docs" / "evaluation.md").read_text()
     start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
     assert start in doc and end in doc
     assert doc.split(start)[1].split(end)[0].strip() == config_reference_markdown().strip(), (
-        "docs/evaluation.md is stale: python -m hetpure.config_schema --write-docs")
+        "docs/evaluation.md is stale: python -m hetpure.evaluation.config --write-docs")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config_schema import suggest
 from .errors import ConfigError, HetpureError
+from .evaluation.config import suggest
 
 #: The categories of :func:`catalog`, in display order.
 CATEGORIES: tuple[str, ...] = ("classifiers", "datasets", "eps-models", "methods", "attacks", "presets")

@@ -29,7 +29,7 @@ def _load_yaml(path: str) -> dict[str, Any]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, parse_set
+    from .evaluation.runner import evaluate, parse_set
 
     overrides = parse_set(args.set or [])
     if args.out:
@@ -58,7 +58,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    from .config_schema import parse_set
+    from .evaluation.config import parse_set
 
     return parse_set(args.set or [])
 
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if words and not words[0].startswith("-") and words[0] not in commands:
-        from .config_schema import suggest
+        from .evaluation.config import suggest
 
         print(f"hetpure: error: unknown command {words[0]!r}{suggest(words[0], list(commands))}; commands: "
               f"{', '.join(commands)}", file=sys.stderr)

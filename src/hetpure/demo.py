@@ -88,7 +88,7 @@ def demo_methods() -> dict[str, dict[str, Any]]:
 
 def run_demo(out: str | Path = "hetpure-demo", n: int = 32, quick: bool = False) -> dict[str, Any]:
     """Run the demo; returns {method: summary}. Rerunning resumes finished work."""
-    from .evaluate import evaluate
+    from .evaluation.runner import evaluate
     from .methods import purifier_from_config
     from .viz import save_grid
 
@@ -111,7 +111,7 @@ def run_demo(out: str | Path = "hetpure-demo", n: int = 32, quick: bool = False)
             "attack": attack,
             "run": {"batch_size": 32, "seed": 0, "out": str(folder), "worst_case_k": 3, "save_images": False},
         }
-        from .evaluate import purify_config, resolve_config
+        from .evaluation.runner import purify_config, resolve_config
 
         resolved = resolve_config(cfg)
         purifier = purifier_from_config(eps_model, classifier, defense["method"], purify_config(resolved["defense"]))
@@ -134,7 +134,7 @@ def _figure_rows(label: str, dataset: HeldOutDigits, classifier: torch.nn.Module
                  cfg: dict[str, Any], rows: dict[str, Tensor]) -> dict[str, Tensor]:
     """Original / adversarial / mask / purified rows for the first 8 digits."""
     from .attacks import defended_model, make_attack
-    from .evaluate import _attack_kwargs
+    from .evaluation.runner import _attack_kwargs
 
     x = dataset.images[:8]
     y = dataset.labels[:8]

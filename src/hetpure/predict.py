@@ -27,10 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from .catalog import check_names, check_preset
-from .config_schema import resolve_config
 from .errors import ConfigError, HetpureError
+from .evaluation.config import resolve_config
+from .evaluation.records import RunLock, append_records, write_json_atomic
 from .images import ImageFile, check_images_fit, find_images, read_image, resize_image, write_image, write_mask
-from .records import RunLock, append_records, write_json_atomic
 
 __all__ = ["PREDICTION_FIELDS", "format_predictions", "predict_images", "purify_images", "resolve_model_config"]
 
@@ -69,7 +69,7 @@ class _Inputs:
 
 def _prepare(cfg: dict[str, Any], source: str | Path, exclude: str | Path | None = None) -> _Inputs:
     """Find and check the input images against the classifier (no model is loaded)."""
-    from .evaluate import model_class_names
+    from .evaluation.runner import model_class_names
     from .models.registry import describe_classifier
 
     name = cfg["classifier"]["name"]
@@ -94,7 +94,7 @@ def _device(name: str) -> torch.device:
 def _load(cfg: dict[str, Any], inputs: _Inputs, device: torch.device) -> tuple[nn.Module, Any]:
     """Classifier and purifier of the config, frozen; refuse a diffusion size the images cannot take."""
     from .devices import freeze
-    from .evaluate import build_models
+    from .evaluation.runner import build_models
 
     classifier, purifier = build_models(cfg, device)
     freeze(classifier, purifier)
@@ -141,7 +141,7 @@ def _generator(seed: int, files: list[ImageFile]) -> torch.Generator:
 
 def _settings_key(cfg: dict[str, Any]) -> str:
     """What a purified file depends on: the models' contents, the defence and the seed (never a path)."""
-    from .identity import defense_identity, path_digest
+    from .evaluation.identity import defense_identity, path_digest
 
     c, d = cfg["classifier"], cfg["diffusion"]
     ident = {
@@ -271,7 +271,7 @@ def purify_images(config: dict[str, Any], source: str | Path, out: str | Path,
 
 
 def _portable(cfg: dict[str, Any], base: Path) -> dict[str, Any]:
-    from .identity import portable_config
+    from .evaluation.identity import portable_config
 
     return portable_config(cfg, base)
 

@@ -4,7 +4,7 @@ A grid is ``{"defense.t_l": [0.15, 0.2], "defense.tau": [0.9]}`` (``--grid defen
 the evaluation config. Every grid point is one resumable ``hetpure.evaluate`` run folder under the output
 folder, so an interrupted tune or sweep resumes where it stopped and a larger n extends a point's run
 (the subset of n images is a prefix of one seeded permutation). Every point's config is validated with
-:func:`~hetpure.config_schema.resolve_config` before the first run starts.
+:func:`~hetpure.evaluation.config.resolve_config` before the first run starts.
 
 :func:`tune` screens every point on ``screen_n`` images of the tuning split (default ``train``; the test
 split is refused unless allowed), keeps the best ``keep``, then doubles the images at each rung and keeps
@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config_schema import DEFAULTS, resolve_config, suggest
 from .errors import ConfigError, HetpureError
-from .records import write_json_atomic
+from .evaluation.config import DEFAULTS, resolve_config, suggest
+from .evaluation.records import write_json_atomic
 from .tuning_plots import require_pyplot
 
 __all__ = [
@@ -191,7 +191,7 @@ def validate_points(config: dict[str, Any], points: list[dict[str, Any]], out: P
 
 def _check_data(cfg: dict[str, Any], n: int) -> None:
     """The data split exists and holds n images (cheap: files are listed, not read)."""
-    from .evaluate import build_dataset
+    from .evaluation.runner import build_dataset
 
     data = build_dataset({**cfg, "data": {**cfg["data"], "n": None}})
     if len(data) < n:
@@ -200,7 +200,7 @@ def _check_data(cfg: dict[str, Any], n: int) -> None:
 
 
 def _evaluate_runner(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
-    from .evaluate import evaluate
+    from .evaluation.runner import evaluate
 
     return evaluate(cfg)
 
@@ -212,7 +212,7 @@ def _evaluate_runner(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def point_result(point: dict[str, Any], folder: str, summary: dict[str, Any]) -> dict[str, Any]:
     """One evaluated point: settings, n, clean and robust accuracy with 95% intervals, ε-calls, seconds."""
-    from .evaluate import wilson_interval
+    from .evaluation.runner import wilson_interval
 
     n = int(summary["n"])
 
@@ -351,9 +351,9 @@ def _sort_key(settings: dict[str, Any], keys: list[str]) -> tuple[Any, ...]:
 
 def _base_key(cfg: dict[str, Any], keys: list[str]) -> str:
     """What the points of one sweep share: the resolved config without the grid keys and without what never
-    changes a number (paths, output, display, device index: :data:`hetpure.identity.NOT_IN_IDENTITY`), so
+    changes a number (paths, output, display, device index: :data:`hetpure.evaluation.identity.NOT_IN_IDENTITY`), so
     processes on machines with other paths merge into one sweep."""
-    from .identity import NOT_IN_IDENTITY
+    from .evaluation.identity import NOT_IN_IDENTITY
 
     flat = {f"{s}.{k}": v for s, values in cfg.items() for k, v in values.items()}
     flat["run.device"] = str(cfg["run"]["device"]).split(":")[0]  # the device type changes the random streams

@@ -30,15 +30,8 @@ from .base import EpsModel
 
 #: score_sde's ``cifar10.yml`` as used by DiffPure / Purification with ``checkpoint_8.pth``.
 NCSNPP_CIFAR10_CONFIG: dict[str, Any] = {
-    "data": {
-        "dataset": "CIFAR10",
-        "category": "cifar10",
-        "image_size": 32,
-        "num_channels": 3,
-        "random_flip": True,
-        "centered": True,
-        "uniform_dequantization": False,
-    },
+    "data": {"dataset": "CIFAR10", "category": "cifar10", "image_size": 32, "num_channels": 3, "random_flip": True,
+             "centered": True, "uniform_dequantization": False},
     "model": {
         "sigma_min": 0.01,
         "sigma_max": 50,

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import RecordsError
+from ..errors import RecordsError
 
 LOCK_NAME = ".hetpure.lock"
 

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config_schema import purify_config
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..methods import purifier_from_config
+from ..purify import Purifier
+from .config import purify_config
 from .identity import dataset_fingerprint, identity_hash, module_digest, path_digest, run_identity
-from .methods import purifier_from_config
-from .purify import Purifier
 
 
 def settings_hash(cfg: dict[str, Any], dataset: Any = None, classifier: nn.Module | None = None,
@@ -47,7 +47,7 @@ def identity_of(cfg: dict[str, Any], dataset: Any = None, classifier: nn.Module 
 
 def build_dataset(cfg: dict[str, Any]) -> Any:
     """The dataset (subset) of a resolved config: cheap, no model is loaded."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     d = cfg["data"]
     extra = dict(d["options"] or {})
@@ -61,8 +61,8 @@ def build_dataset(cfg: dict[str, Any]) -> Any:
 
 def model_class_names(classifier: str) -> list[str] | None:
     """The class names a registered classifier's outputs stand for, when known (CIFAR-10, MNIST)."""
-    from .data import CIFAR10_CLASSES, MNIST_CLASSES
-    from .models.registry import describe_classifier
+    from ..data import CIFAR10_CLASSES, MNIST_CLASSES
+    from ..models.registry import describe_classifier
 
     label_set = describe_classifier(classifier).label_set
     return {"cifar10": CIFAR10_CLASSES, "mnist": MNIST_CLASSES}.get(label_set or "")
@@ -71,7 +71,7 @@ def model_class_names(classifier: str) -> list[str] | None:
 def check_input_size(cfg: dict[str, Any], dataset: Any) -> None:
     """Refuse data whose image size is not the one the classifier's weights expect (before any model is
     loaded). A classifier without weights (``classifier.path`` null, random init) expects nothing."""
-    from .models.registry import describe_classifier
+    from ..models.registry import describe_classifier
 
     if cfg["classifier"]["path"] is None:
         return
@@ -89,14 +89,14 @@ def check_input_size(cfg: dict[str, Any], dataset: Any) -> None:
 
 def build_models(cfg: dict[str, Any], device: torch.device) -> tuple[nn.Module, Purifier | None]:
     """Classifier and purifier of a resolved config, on ``device``, parameters frozen."""
-    from .models.registry import load_classifier
+    from ..models.registry import load_classifier
 
     c = cfg["classifier"]
     classifier = load_classifier(c["name"], path=c["path"], trust_pickle=c["trust_pickle"], **(c["options"] or {}))
     classifier = classifier.to(device).eval()
     purifier = None
     if cfg["defense"]["method"] != "none":
-        from .models.fast import accelerate
+        from ..models.fast import accelerate
 
         eps_model = _load_eps(cfg["diffusion"]).to(device).eval()
         eps_model = accelerate(eps_model, **(cfg["diffusion"]["accelerate"] or {}))
@@ -123,7 +123,7 @@ def attacked_purifier(cfg: dict[str, Any], classifier: nn.Module, purifier: Puri
     if purifier is not None:
         eps_model = purifier.eps_model
     else:
-        from .models.fast import accelerate
+        from ..models.fast import accelerate
 
         eps_model = accelerate(_load_eps(cfg["diffusion"]).to(device).eval(), **(cfg["diffusion"]["accelerate"] or {}))
     return purifier_from_config(eps_model, classifier, through["method"], purify_config(through),
@@ -131,7 +131,7 @@ def attacked_purifier(cfg: dict[str, Any], classifier: nn.Module, purifier: Puri
 
 
 def _load_eps(diffusion: dict[str, Any]) -> nn.Module:
-    from .models.loading import load_eps_model
+    from ..models.loading import load_eps_model
 
     kwargs = {k: diffusion[k] for k in ("config", "dtype", "trust_pickle") if diffusion.get(k) is not None}
     return load_eps_model(diffusion["kind"], diffusion["path"], **kwargs)

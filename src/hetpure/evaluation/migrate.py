@@ -63,8 +63,8 @@ def _rewrite_records(path: Path, old: str, new: str) -> int:
 
 def migrate_run(folder: str | Path, path_map: dict[str, str] | None = None) -> dict[str, Any]:
     """Migrate one run folder; returns ``{folder, status, old_hash, new_hash, records}``."""
-    from .evaluate import identity_of, resolve_config
-    from .evaluate import summary_markdown as _summary_markdown
+    from .runner import identity_of, resolve_config
+    from .runner import summary_markdown as _summary_markdown
 
     folder = Path(folder)
     config_file = folder / "config.json"

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from .config_schema import purify_config
-from .gdmp import gdmp_eps_calls
+from ..gdmp import gdmp_eps_calls
+from ..sampling import eps_calls
+from ..sde import diffpure_eps_calls
+from .config import purify_config
 from .identity import portable_config
-from .sampling import eps_calls
-from .sde import diffpure_eps_calls
 from .stats import wilson_interval
 
 
@@ -81,7 +81,7 @@ def pipeline_calls(defense: dict[str, Any], num_timesteps: int, ddim_steps: int 
 def summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], stats: dict[str, Any],
                sanity_report: dict[str, Any] | None, device: torch.device, out: Path,
                num_timesteps: int = 1000) -> dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     n = len(records)
     clean = sum(r["clean_prediction"] == r["label"] for r in records)

@@ -277,7 +277,7 @@ def expand_path(path: str | None, base: str | Path | None = None) -> str | None:
     if text.startswith(f"${SHARED_VAR}") or text.startswith(f"${{{SHARED_VAR}}}"):
         shared = shared_root()
         if shared is None:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"{text} refers to ${SHARED_VAR}, which is not set; export {SHARED_VAR}=<the shared "
                               "folder> (e.g. ../shared)")

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from .config import PurifyConfig
-from .errors import ConfigError
+from ..config import PurifyConfig
+from ..errors import ConfigError
 from .identity import expand_path
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -248,7 +248,7 @@ def resolve_config(config: dict[str, Any], overrides: dict[str, dict[str, Any]] 
     config = dict(config)
     sources: list[dict[str, Any]] = []
     if config.get("preset") is not None:
-        from .presets import get_preset
+        from ..presets import get_preset
 
         sources.append(get_preset(str(config["preset"])))
     config.pop("preset", None)
@@ -361,7 +361,7 @@ def write_docs_reference(doc: str = "docs/evaluation.md") -> None:
     path.write_text(f"{head}{start}\n{config_reference_markdown()}\n{end}{tail}")
 
 
-if __name__ == "__main__":  # python -m hetpure.config_schema --write-docs
+if __name__ == "__main__":  # python -m hetpure.evaluation.config --write-docs
     import sys
 
     if "--write-docs" in sys.argv:
