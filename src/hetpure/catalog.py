@@ -127,7 +127,7 @@ def catalog(category: str | None = None) -> dict[str, list[tuple[str, str]]]:
     if category is None:
         return {c: _BUILDERS[c]() for c in CATEGORIES}
     if category not in _BUILDERS:
-        raise HetpureError(f"unknown list {category!r}{suggest(category, list(CATEGORIES))}; "
+        raise ConfigError(f"unknown list {category!r}{suggest(category, list(CATEGORIES))}; "
                            f"choose one of {', '.join(CATEGORIES)}")
     return {category: _BUILDERS[category]()}
 

@@ -99,7 +99,7 @@ def _probe(file: ImageFile) -> ImageFile:
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise HetpureError(
             f"cannot read image {file.path}: {exc}; fix: remove the file or re-save it as PNG or JPEG"
-        ) from None
+        ) from exc
     return ImageFile(file.path, file.relative, (height, width), mode)
 
 
@@ -162,7 +162,7 @@ def read_image(path: str | Path, channels: int = 3) -> tuple[Tensor, str | None]
                 note = f"{mode} image converted to {target}"
             arr = np.asarray(im.convert(target), dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise HetpureError(f"cannot read image {path}: {exc}; fix: remove the file or re-save it as PNG") from None
+        raise HetpureError(f"cannot read image {path}: {exc}; fix: remove the file or re-save it as PNG") from exc
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0, note

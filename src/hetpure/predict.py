@@ -85,7 +85,7 @@ def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"run.device {name!r} is not a device ({exc}); fix: --set run.device=cpu") from None
+        raise ConfigError(f"run.device {name!r} is not a device ({exc}); fix: --set run.device=cpu") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device is cuda but no CUDA device is available here; fix: --set run.device=cpu")
     return device
@@ -175,10 +175,10 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
         if line.strip():
             try:
                 rows.append(json.loads(line))
-            except ValueError:
+            except ValueError as exc:
                 if end < len(data):
                     raise HetpureError(f"{path}: line {len(rows) + 1} is not JSON; move the file aside and rerun "
-                                       "(the purified images already written are kept)") from None
+                                       "(the purified images already written are kept)") from exc
                 with open(path, "r+b") as fh:  # the torn tail of an interrupted append
                     fh.truncate(keep)
                 return rows

@@ -170,9 +170,9 @@ def sample_diffpure(
 def _torchsde() -> Any:
     try:
         import torchsde
-    except ImportError:
+    except ImportError as exc:
         raise HetpureError(f"attack.gradient adjoint solves DiffPure's adjoint SDE with torchsde, which is not "
-                           f"installed; fix: {INSTALL_SDE}") from None
+                           f"installed; fix: {INSTALL_SDE}") from exc
     return torchsde
 
 

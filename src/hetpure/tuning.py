@@ -82,7 +82,7 @@ def parse_grid(items: Sequence[str], reserved: dict[str, str] | None = None) -> 
         try:
             values = yaml.safe_load(f"[{raw}]")
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: the values are not a comma-separated YAML list ({exc})") from None
+            raise ConfigError(f"{where}: the values are not a comma-separated YAML list ({exc})") from exc
         if not values:
             raise ConfigError(f"{where}: no values; e.g. --grid {key}=V1,V2")
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
@@ -184,7 +184,7 @@ def validate_points(config: dict[str, Any], points: list[dict[str, Any]], out: P
             message = str(exc)
             for key in point:  # the fix is a grid value, not a --set
                 message = message.replace(f"--set {key}=", f"--grid {key}=")
-            raise ConfigError(f"grid point {point_label(point)}: {message}") from None
+            raise ConfigError(f"grid point {point_label(point)}: {message}") from exc
         resolved.append(cfg)
     return resolved
 

@@ -34,8 +34,8 @@ def pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend, or :class:`MissingDependency` naming the install command."""
     try:
         import matplotlib
-    except ImportError:
-        raise MissingDependency(f"the figures need matplotlib, which is not installed: {_INSTALL}") from None
+    except ImportError as exc:
+        raise MissingDependency(f"the figures need matplotlib, which is not installed: {_INSTALL}") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

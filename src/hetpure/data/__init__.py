@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .base import CIFAR10_CLASSES, IMAGE_EXTENSIONS, MNIST_CLASSES, ImageDataset, default_data_root
 from .cifar10 import CIFAR10_DIR, CIFAR10_FILE_MD5, CIFAR10_TAR_MD5, CIFAR10_URL, Cifar10Dataset
 from .imagefolder import ImageFolderDataset
@@ -121,7 +121,7 @@ def load_dataset(
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in _DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(list_datasets())}")
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(list_datasets())}")
     builder, cls, needs_root = _DATASETS[key]
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "root", "split")]
     allowed = [p for p in allowed if p != "name"]

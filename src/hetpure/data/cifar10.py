@@ -94,7 +94,7 @@ def _read_cifar_pickle(path: Path, verify: bool) -> dict[str, Any]:
     except Exception as exc:  # truncated or not a pickle at all
         raise DataError(
             f"could not read {path} as a CIFAR-10 python batch: {type(exc).__name__}: {exc}"
-        ) from None
+        ) from exc
     if not isinstance(obj, dict):
         raise DataError(f"{path} holds a {type(obj).__name__}, not a CIFAR-10 batch dict")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -121,7 +121,7 @@ def _safe_extract_cifar(tar_path: Path, dest: Path) -> None:
                 tmp.replace(out_dir / Path(name).name)
                 found.add(name)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"could not extract {tar_path}: {exc}; delete it and download again") from None
+        raise DataError(f"could not extract {tar_path}: {exc}; delete it and download again") from exc
     missing = sorted(wanted - found)
     if missing:
         raise DataError(f"{tar_path} lacks the CIFAR-10 files {', '.join(missing)}")

@@ -145,7 +145,7 @@ class ImageFolderDataset(ImageDataset):
                 im = self._resize_crop(im, path)
                 arr = np.array(im, dtype=np.uint8)
         except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"could not read image {path}: {exc}") from None
+            raise DataError(f"could not read image {path}: {exc}") from exc
         if arr.ndim == 2:
             arr = arr[:, :, None]
         return _to_float(torch.from_numpy(arr).permute(2, 0, 1).contiguous())

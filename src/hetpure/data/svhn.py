@@ -48,7 +48,7 @@ class SvhnDataset(_ArrayDataset):
         except Exception as exc:  # scipy raises several types for bad files
             raise DataError(
                 f"could not read {path} as a MATLAB file: {type(exc).__name__}: {exc}"
-            ) from None
+            ) from exc
         x, y = mat.get("X"), mat.get("y")
         if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
             raise DataError(

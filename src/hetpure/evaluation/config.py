@@ -185,7 +185,7 @@ def validate_section(section: str, values: dict[str, Any]) -> dict[str, Any]:
     try:
         return SECTIONS[section].model_validate(values).model_dump()
     except ValidationError as exc:
-        raise ConfigError("; ".join(_message(section, e) for e in exc.errors())) from None
+        raise ConfigError("; ".join(_message(section, e) for e in exc.errors())) from exc
 
 
 def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +231,7 @@ def parse_set(assignments: Iterable[str]) -> dict[str, dict[str, Any]]:
         try:
             out.setdefault(section, {})[key] = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item}: the value is not a YAML scalar or mapping ({exc})") from None
+            raise ConfigError(f"--set {item}: the value is not a YAML scalar or mapping ({exc})") from exc
     return out
 
 
@@ -300,7 +300,7 @@ def _resolve_through(through: Any, defense: dict[str, Any]) -> dict[str, Any] | 
     try:
         merged = validate_section("defense", merged)
     except ConfigError as exc:
-        raise ConfigError(str(exc).replace("defense.", "attack.through.")) from None
+        raise ConfigError(str(exc).replace("defense.", "attack.through.")) from exc
     return None if merged == defense else merged
 
 

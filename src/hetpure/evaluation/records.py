@@ -114,11 +114,11 @@ class RunLock:
 
         try:
             self._lock.acquire(timeout=0)
-        except Timeout:
+        except Timeout as exc:
             raise RecordsError(
                 f"another hetpure run is writing into {self.folder} (lock {LOCK_NAME} held); wait for it to "
                 "finish, or give this run another run.out (--out DIR)"
-            ) from None
+            ) from exc
         return self
 
     def __exit__(self, *exc: object) -> None:

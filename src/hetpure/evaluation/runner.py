@@ -187,7 +187,7 @@ def _check_device(device: str) -> None:
     try:
         kind = torch.device(device).type
     except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"run.device {device!r} is not a device ({exc}); fix: --set run.device=cpu") from None
+        raise ConfigError(f"run.device {device!r} is not a device ({exc}); fix: --set run.device=cpu") from exc
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device is cuda but no CUDA device is available here; fix: --set run.device=cpu")
 

@@ -98,13 +98,13 @@ def _torch_load(p: Path, trust_pickle: bool) -> Any:
                 "Unpickling such a file can run arbitrary code chosen by whoever made it. "
                 "Convert it to safetensors, or, only if you trust its source, pass trust_pickle=True "
                 "(CLI: --trust-pickle)."
-            ) from None
+            ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"could not read checkpoint {p} as a torch file: {exc}") from None
+        raise CheckpointError(f"could not read checkpoint {p} as a torch file: {exc}") from exc
     try:
         return torch.load(p, map_location="cpu", weights_only=False)
     except Exception as exc:  # any failure of a trusted unpickle is reported the same way
-        raise CheckpointError(f"could not unpickle {p} even with trust_pickle=True: {exc}") from None
+        raise CheckpointError(f"could not unpickle {p} even with trust_pickle=True: {exc}") from exc
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -197,7 +197,7 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False,
         try:
             sd = load_file(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{p} looks like a safetensors file but could not be read: {exc}") from None
+            raise CheckpointError(f"{p} looks like a safetensors file but could not be read: {exc}") from exc
         if not sd:
             raise CheckpointError(f"{p} is a safetensors file with no tensors in it")
         return sd, False
@@ -364,5 +364,5 @@ def load_into(module: nn.Module, state_dict: Mapping[str, Tensor], strict: bool 
     try:
         module.load_state_dict(sd, strict=strict)
     except RuntimeError as exc:  # pragma: no cover - every known cause is reported above
-        raise CheckpointError(f"loading the checkpoint into {type(module).__name__} failed: {exc}") from None
+        raise CheckpointError(f"loading the checkpoint into {type(module).__name__} failed: {exc}") from exc
     return module

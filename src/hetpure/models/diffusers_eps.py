@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, HetpureError, MissingDependencyError
+from ..errors import CheckpointError, DownloadError, HetpureError, MissingDependencyError
 from ..schedule import NoiseSchedule, cosine_betas
 from .base import EpsModel
 
@@ -112,7 +112,7 @@ def _from_hub(repo_id: str, subfolder: str | None) -> tuple[nn.Module, dict[str,
     try:
         unet = UNet2DModel.from_pretrained(repo_id, subfolder=subfolder, **_low_memory_kwargs())
     except Exception as exc:  # network errors come in many types
-        raise CheckpointError(
+        raise DownloadError(
             f"could not load {repo_id!r} from the Hugging Face hub ({type(exc).__name__}). Offline? "
             "Download the model folder elsewhere and pass its local path instead."
         ) from exc

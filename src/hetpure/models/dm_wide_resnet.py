@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import HetpureError
+from ..errors import ConfigError, HetpureError
 from .classifier_base import CIFAR10_MEAN, CIFAR10_STD, ImageClassifier
 
 # --------------------------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ class DMWideResNet(ImageClassifier):
             raise HetpureError(f"width must be a positive integer, got {width}")
         act = _ACTIVATIONS.get(activation.lower())
         if act is None:
-            raise HetpureError(f"unknown activation {activation!r}; choose one of {', '.join(_ACTIVATIONS)}")
+            raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(_ACTIVATIONS)}")
         super().__init__(num_classes, num_input_channels, mean, std)
         n = (depth - 4) // 6
         ch = [16, 16 * width, 32 * width, 64 * width]

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,26 @@ from .checkpoint import load_ema_shadow_params, load_into, read_checkpoint
 from .diffusers_eps import DiffusersEps
 from .ncsnpp import NCSNpp, NcsnppConfig, NcsnppEps
 
-__all__ = ["EPS_MODEL_KINDS", "build_eps_model", "load_eps_model", "resolve_dtype"]
+__all__ = ["EPS_MODEL_KINDS", "NETWORK_KINDS", "NetworkKind", "build_eps_model", "load_eps_model", "resolve_dtype"]
 
 logger = logging.getLogger("hetpure")
 
-#: The ``kind`` values :func:`load_eps_model` accepts.
-EPS_MODEL_KINDS: tuple[str, ...] = ("diffusers", "adm", "ncsnpp")
+@dataclass(frozen=True)
+class NetworkKind:
+    """How to build and wrap one architecture family from a checkpoint file and its config."""
+
+    network: type[nn.Module]
+    config_from: Callable[[dict[str, Any]], Any]
+    wrapper: Callable[[Any], EpsModel]
+
+
+#: Checkpoint-file ε-model kinds as data: kind → network class, config reader, ε-model wrapper.
+NETWORK_KINDS: dict[str, NetworkKind] = {
+    "adm": NetworkKind(AdmUNet, AdmConfig.from_flags, AdmEps),
+    "ncsnpp": NetworkKind(NCSNpp, NcsnppConfig.from_dict, NcsnppEps),
+}
+#: The ``kind`` values :func:`load_eps_model` accepts: a diffusers folder, or one of :data:`NETWORK_KINDS`.
+EPS_MODEL_KINDS: tuple[str, ...] = ("diffusers", *NETWORK_KINDS)
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -56,7 +71,7 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
         return dtype
     key = str(dtype).lower().removeprefix("torch.")
     if key not in _DTYPES:
-        raise HetpureError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}")
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}")
     return _DTYPES[key]
 
 
@@ -80,7 +95,7 @@ def _read_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any
         else:
             data = json.loads(text)
     except Exception as exc:  # json and yaml raise different types
-        raise ConfigError(f"could not parse config file {p}: {exc}") from None
+        raise ConfigError(f"could not parse config file {p}: {exc}") from exc
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {p} must hold a mapping, got {type(data).__name__}")
     if "architecture" in data and isinstance(data.get("config"), Mapping):
@@ -89,21 +104,18 @@ def _read_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any
 
 
 def _build_net(kind: str, config: Mapping[str, Any] | str | Path | None) -> tuple[type[nn.Module], Any]:
-    cfg_dict = _read_config(config)
-    if kind == "adm":
-        return AdmUNet, AdmConfig.from_flags(cfg_dict)
-    return NCSNpp, NcsnppConfig.from_dict(cfg_dict)
+    spec = NETWORK_KINDS[kind]
+    return spec.network, spec.config_from(_read_config(config))
 
 
 def _wrap(kind: str, net: nn.Module) -> EpsModel:
-    eps = AdmEps(net) if kind == "adm" else NcsnppEps(net)  # type: ignore[arg-type]
-    return eps.eval().requires_grad_(False)
+    return NETWORK_KINDS[kind].wrapper(net).eval().requires_grad_(False)
 
 
 def _check_kind(kind: str) -> str:
     k = str(kind).lower()
     if k not in EPS_MODEL_KINDS:
-        raise HetpureError(f"unknown ε-model kind {kind!r}; use one of {', '.join(EPS_MODEL_KINDS)}")
+        raise ConfigError(f"unknown ε-model kind {kind!r}; use one of {', '.join(EPS_MODEL_KINDS)}")
     return k
 
 

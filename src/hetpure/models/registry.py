@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from torch import nn
 
-from ..errors import HetpureError
+from ..errors import ConfigError, HetpureError
 from .spec import ClassifierSpec
 from .zoo import ZOO
 
@@ -70,7 +70,7 @@ def describe_classifier(name: str) -> ClassifierSpec:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise HetpureError(
+        raise ConfigError(
             f"unknown classifier {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))} "
             "(or wrap your own nn.Module with hetpure.as_classifier)"
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import HetpureError, MissingDependencyError
+from ..errors import DownloadError, HetpureError, MissingDependencyError
 from .checkpoint import load_into
 from .classifier_base import IMAGENET_MEAN, IMAGENET_STD, WrappedClassifier, _load_weights
 from .dm_wide_resnet import DMWideResNet
@@ -46,21 +46,21 @@ def _wrn28_10(
     if from_robustbench:
         try:
             from robustbench.utils import load_model as rb_load_model
-        except ImportError:
+        except ImportError as exc:
             raise HetpureError(
                 "from_robustbench=True needs the robustbench package (pip install "
                 "git+https://github.com/RobustBench/robustbench.git); or download the 'Standard' checkpoint "
                 "yourself and pass path=<file>"
-            ) from None
+            ) from exc
         try:
             ref = rb_load_model(
                 model_name="Standard", model_dir=str(model_dir), dataset="cifar10", threat_model=threat_model
             )
         except Exception as exc:  # network or robustbench errors: say how to work offline
-            raise HetpureError(
+            raise DownloadError(
                 f"robustbench could not provide the cifar10 'Standard' model ({type(exc).__name__}: {exc}). "
                 "Offline? Copy the checkpoint file to this machine and pass path=<file>"
-            ) from None
+            ) from exc
         load_into(model, ref.state_dict(), strict=True)
         model.weights_source = f"robustbench:cifar10/{threat_model}/Standard"
         return model
@@ -106,7 +106,7 @@ def _resnet50(path: Path | None, trust_pickle: bool = False, weights: str | None
         raise HetpureError(
             f"torchvision could not build resnet50(weights={weights!r}): {type(exc).__name__}: {exc}. "
             "Use weights='DEFAULT' online, or pass path=<local checkpoint>"
-        ) from None
+        ) from exc
     _load_weights(net, path, trust_pickle)
     model = WrappedClassifier(
         net,
