@@ -273,7 +273,7 @@ class HeterogeneousPurifier(Purifier):
             return torch.ones_like(x[:, :1])
         if source == "none":
             return torch.zeros_like(x[:, :1])
-        m = binarize(self.attention(x), self.config.tau, self.config.top_p)
+        m = binarize(self.attention(x), self.config.tau, self.config.top_p)  # Alg. 1, lines 1–2
         return random_mask_like(m, generator) if source == "random" else m
 
     def level_weights(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

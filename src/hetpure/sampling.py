@@ -45,7 +45,7 @@ def _mixing_step(
     eps_model: EpsModel, x0: Tensor, known: Tensor, t: int, s: int, resample_steps: int, eta: float,
     x: Tensor, *zs: Tensor,
 ) -> Tensor:
-    """Stage-1 step t → s (Pei et al. Alg. 1, lines 5–9).
+    """Stage-1 step t → s (Alg. 1 as restated in docs/method.md, lines 6–8).
 
     x ← m_t·x + (1 − m_t)·q(x_t | x_0) with fresh noise (``known`` = 1 − m_t marks the pixels reset to the
     original); then U single forward steps x ← √α_{t+1} x + √(1 − α_{t+1}) z, t ← t + 1; then one DDIM step
@@ -53,11 +53,11 @@ def _mixing_step(
     """
     schedule = eps_model.schedule
     noise = _queue(zs)
-    x = x + known * (q_sample(schedule, x0, t, noise) - x)
-    for u in range(resample_steps):
+    x = x + known * (q_sample(schedule, x0, t, noise) - x)  # Alg. 1, line 6: reset the pixels not yet generated
+    for u in range(resample_steps):  # line 7: U single forward steps
         x = forward_step(schedule, x, t + u, noise)
     t_up = t + resample_steps
-    return ddim_step(schedule, x, eps_model(x, _timestep_tensor(x, t_up)), t_up, s, eta, noise)
+    return ddim_step(schedule, x, eps_model(x, _timestep_tensor(x, t_up)), t_up, s, eta, noise)  # line 8
 
 
 def _repaint_step(
@@ -140,10 +140,10 @@ def sample_heterogeneous(
     ts = ddim_timesteps(T, ddim_steps, t_l)
     check_timesteps(ts[0] + (0 if repaint_jumps > 1 else resample_steps), T)
     n_extra = 1 if eta > 0 else 0
-    x = q_sample(eps_model.schedule, x0, ts[0], noise)
+    x = q_sample(eps_model.schedule, x0, ts[0], noise)  # Alg. 1, line 3
     level_steps = levels * T
-    for t, s in zip(ts[:-1], ts[1:]):
-        if in_stage_one(s, t_s, T):
+    for t, s in zip(ts[:-1], ts[1:]):  # Alg. 1, line 4
+        if in_stage_one(s, t_s, T):  # line 5: stage 1
             known = (level_steps < t - _LEVEL_TOL).to(x.dtype)  # the paper's 1 − m_t: pixels not yet generated
             if repaint_jumps > 1:
                 step = functools.partial(_repaint_step, eps_model, x0, known, t, s, repaint_jumps, eta)
@@ -153,8 +153,9 @@ def sample_heterogeneous(
                 n_noise = 1 + resample_steps + n_extra
             x = _run_step(step, x, n_noise, noise, use_checkpoint)
         else:
-            x = _run_step(functools.partial(_ddim_step, eps_model, t, s, eta), x, n_extra, noise, use_checkpoint)
-    return x
+            x = _run_step(functools.partial(_ddim_step, eps_model, t, s, eta), x, n_extra, noise,
+                          use_checkpoint)  # line 9: stage 2, plain DDIM
+    return x  # line 10 (the purifier maps it back to [0, 1])
 
 
 def sample_uniform(
