@@ -29,7 +29,8 @@ def _load_yaml(path: str) -> dict[str, Any]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.runner import evaluate, parse_set
+    from .evaluation.config import parse_set
+    from .evaluation.runner import evaluate
 
     overrides = parse_set(args.set or [])
     if args.out:

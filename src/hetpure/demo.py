@@ -111,7 +111,7 @@ def run_demo(out: str | Path = "hetpure-demo", n: int = 32, quick: bool = False)
             "attack": attack,
             "run": {"batch_size": 32, "seed": 0, "out": str(folder), "worst_case_k": 3, "save_images": False},
         }
-        from .evaluation.runner import purify_config, resolve_config
+        from .evaluation.config import purify_config, resolve_config
 
         resolved = resolve_config(cfg)
         purifier = purifier_from_config(eps_model, classifier, defense["method"], purify_config(resolved["defense"]))

@@ -35,7 +35,7 @@ from .models.base import EpsModel
 from .purify import Purifier
 from .sampling import _queue, _run_step, _timestep_tensor
 from .schedule import NoiseFn, NoiseSchedule, q_sample
-from .sde import start_index
+from .sde import check_t_star, start_index
 
 GUIDANCES = ("mse", "ssim")
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
@@ -180,11 +180,7 @@ def sample_gdmp(
 
 def check_config(config: PurifyConfig, num_timesteps: int) -> PurifyConfig:
     """Raise :class:`ConfigError` for settings GDMP cannot run; return ``config``."""
-    if config.t_star is None:
-        raise ConfigError("a gdmp purifier needs t_star (GDMP's CIFAR-10 setting: 36 of 1000 steps, t_star=0.036)")
-    if not 0 < config.t_star <= 1:
-        raise ConfigError(f"t_star must lie in (0, 1], got {config.t_star}")
-    start_index(config.t_star, num_timesteps)
+    check_t_star(config.t_star, num_timesteps, "gdmp", "GDMP's CIFAR-10 setting: 36 of 1000 steps, t_star=0.036")
     if config.gdmp_guidance not in GUIDANCES:
         raise ConfigError(f"gdmp_guidance must be one of {GUIDANCES}, got {config.gdmp_guidance!r}")
     if config.gdmp_iterations < 1:

@@ -69,7 +69,7 @@ class _Inputs:
 
 def _prepare(cfg: dict[str, Any], source: str | Path, exclude: str | Path | None = None) -> _Inputs:
     """Find and check the input images against the classifier (no model is loaded)."""
-    from .evaluation.runner import model_class_names
+    from .evaluation.components import model_class_names
     from .models.registry import describe_classifier
 
     name = cfg["classifier"]["name"]
@@ -94,7 +94,7 @@ def _device(name: str) -> torch.device:
 def _load(cfg: dict[str, Any], inputs: _Inputs, device: torch.device) -> tuple[nn.Module, Any]:
     """Classifier and purifier of the config, frozen; refuse a diffusion size the images cannot take."""
     from .devices import freeze
-    from .evaluation.runner import build_models
+    from .evaluation.components import build_models
 
     classifier, purifier = build_models(cfg, device)
     freeze(classifier, purifier)

@@ -127,6 +127,16 @@ def solver_times(t_start: float, steps: int) -> list[float]:
     return [t_start - k * h for k in range(steps)]
 
 
+def check_t_star(t_star: float | None, num_timesteps: int, method: str, setting: str) -> None:
+    """A method that starts from t* needs one in (0, 1] that is at least one timestep; ``setting`` is the
+    authors' value, named in the error."""
+    if t_star is None:
+        raise ConfigError(f"a {method} purifier needs t_star ({setting})")
+    if not 0 < t_star <= 1:
+        raise ConfigError(f"t_star must lie in (0, 1], got {t_star}")
+    start_index(t_star, num_timesteps)
+
+
 def start_index(t_star: float, num_timesteps: int) -> int:
     """n = ⌊t*·T⌋ (the discrete level DiffPure diffuses to, as ``args.t``); at least 1."""
     n = int(t_star * num_timesteps + 1e-9)
@@ -279,11 +289,7 @@ def sample_diffpure_adjoint(
 
 def check_config(config: PurifyConfig, num_timesteps: int) -> PurifyConfig:
     """Raise :class:`ConfigError` for settings DiffPure cannot run; return ``config``."""
-    if config.t_star is None:
-        raise ConfigError("a diffpure purifier needs t_star (DiffPure's CIFAR-10 setting: t_star=0.1)")
-    if not 0 < config.t_star <= 1:
-        raise ConfigError(f"t_star must lie in (0, 1], got {config.t_star}")
-    start_index(config.t_star, num_timesteps)
+    check_t_star(config.t_star, num_timesteps, "diffpure", "DiffPure's CIFAR-10 setting: t_star=0.1")
     if config.sde_steps < 1:
         raise ConfigError(f"sde_steps must be >= 1, got {config.sde_steps}")
     if config.runs < 1 or config.max_batch < 1:

@@ -191,7 +191,7 @@ def validate_points(config: dict[str, Any], points: list[dict[str, Any]], out: P
 
 def _check_data(cfg: dict[str, Any], n: int) -> None:
     """The data split exists and holds n images (cheap: files are listed, not read)."""
-    from .evaluation.runner import build_dataset
+    from .evaluation.components import build_dataset
 
     data = build_dataset({**cfg, "data": {**cfg["data"], "n": None}})
     if len(data) < n:
@@ -212,7 +212,7 @@ def _evaluate_runner(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def point_result(point: dict[str, Any], folder: str, summary: dict[str, Any]) -> dict[str, Any]:
     """One evaluated point: settings, n, clean and robust accuracy with 95% intervals, ε-calls, seconds."""
-    from .evaluation.runner import wilson_interval
+    from .evaluation.stats import wilson_interval
 
     n = int(summary["n"])
 

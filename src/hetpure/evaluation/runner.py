@@ -25,28 +25,16 @@ from ..errors import ConfigError, HetpureError, RecordsError
 from ..purify import Purifier, majority_vote
 from .components import (
     attacked_purifier,
-    build_components,
     build_dataset,
     build_models,
     check_input_size,
     identity_of,
     model_class_names,
-    settings_hash,
 )
-from .config import DEFAULTS, parse_set, purify_config, resolve_config
+from .config import resolve_config
 from .identity import identity_diff, identity_hash, portable_config
 from .records import RunLock, append_records, read_records, repair_tail, write_json_atomic
-from .report import cpu_model, describe_pipeline, running_postfix, summarise, summary_markdown
-from .stats import mcnemar_p, paired_comparison, wilson_interval
-
-__all__ = [
-    "DEFAULTS", "append_records", "attacked_purifier", "build_components", "build_dataset", "build_models",
-    "check_input_size", "cpu_model", "describe_pipeline", "evaluate", "identity_of", "mcnemar_p",
-    "model_class_names", "paired_comparison", "parse_set", "purify_config", "read_records", "resolve_config",
-    "settings_hash", "summary_markdown", "wilson_interval",
-]
-_summary_markdown = summary_markdown  # the name hetpure 0.1 code used
-
+from .report import running_postfix, summarise, summary_markdown
 
 # --------------------------------------------------------------------------------------------------
 # One batch: clean votes, attack, defended votes
