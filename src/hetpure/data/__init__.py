@@ -19,7 +19,7 @@ unpickler that can build nothing but NumPy arrays, lists, dicts and strings.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from .mnist import Mnist5kDataset
 from .svhn import SvhnDataset
 
 __all__ = [
+    "DATASETS",
+    "DatasetSpec",
     "CIFAR10_CLASSES",
     "CIFAR10_DIR",
     "CIFAR10_FILE_MD5",
@@ -55,34 +57,23 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------
 
 
-def _cifar10(root: Path, split: str, **kw: Any) -> ImageDataset:
-    return Cifar10Dataset(root, split, **kw)
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset by name: its class, and where its files come from."""
+
+    cls: type[ImageDataset]
+    root: str  # "required" (a folder tree), "default" (default_data_root()/<name>), or "none" (files shipped)
 
 
-def _imagefolder(root: Path, split: str, **kw: Any) -> ImageDataset:
-    return ImageFolderDataset(root, split, **kw)
-
-
-def _svhn(root: Path, split: str, **kw: Any) -> ImageDataset:
-    return SvhnDataset(root, split, **kw)
-
-
-def _imagenet(root: Path, split: str, **kw: Any) -> ImageDataset:
-    return ImageNetDataset(root, split, **kw)
-
-
-def _mnist5k(root: Path | None, split: str, **kw: Any) -> ImageDataset:
-    return Mnist5kDataset(split, **kw)
-
-
-_DATASETS: dict[str, tuple[Callable[..., ImageDataset], type[ImageDataset], bool]] = {
-    # name: (builder, class whose keyword options are accepted, root required)
-    "cifar10": (_cifar10, Cifar10Dataset, False),
-    "imagefolder": (_imagefolder, ImageFolderDataset, True),
-    "svhn": (_svhn, SvhnDataset, False),
-    "imagenet": (_imagenet, ImageNetDataset, True),
-    "mnist5k": (_mnist5k, Mnist5kDataset, False),
+#: Every dataset by name (a table as data); ``load_dataset`` builds ``cls(root, split, **options)``.
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(Cifar10Dataset, "default"),
+    "imagefolder": DatasetSpec(ImageFolderDataset, "required"),
+    "svhn": DatasetSpec(SvhnDataset, "default"),
+    "imagenet": DatasetSpec(ImageNetDataset, "required"),
+    "mnist5k": DatasetSpec(Mnist5kDataset, "none"),
 }
+_DATASETS = DATASETS  # the name hetpure 0.1 code used
 
 
 def list_datasets() -> list[str]:
@@ -122,8 +113,8 @@ def load_dataset(
     key = name.lower() if isinstance(name, str) else name
     if key not in _DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(list_datasets())}")
-    builder, cls, needs_root = _DATASETS[key]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "root", "split")]
+    spec = DATASETS[key]
+    allowed = [p for p in inspect.signature(spec.cls.__init__).parameters if p not in ("self", "root", "split")]
     allowed = [p for p in allowed if p != "name"]
     unknown = [k for k in kw if k not in allowed]
     if unknown:
@@ -131,13 +122,12 @@ def load_dataset(
             f"dataset {key!r} has no option {', '.join(map(repr, unknown))}; "
             f"its options are {', '.join(allowed)}"
         )
-    if root is None:
-        if needs_root:
-            raise DataError(f"dataset {key!r} needs root=<folder of the image tree>")
-        root_p = None if key == "mnist5k" else default_data_root() / key
+    if root is None and spec.root == "required":
+        raise DataError(f"dataset {key!r} needs root=<folder of the image tree>")
+    if spec.root == "none":
+        ds = spec.cls(split, **kw)  # the files ship with a package
     else:
-        root_p = Path(root).expanduser()
-    ds = builder(root_p, split, **kw)
+        ds = spec.cls(Path(root).expanduser() if root is not None else default_data_root() / key, split, **kw)
     if n is not None:
         ds = ds.subset(n, seed)
     return ds
