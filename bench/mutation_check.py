@@ -39,10 +39,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "hetpure"
 
-SCHEDULE_TESTS = ("tests/test_schedule.py", "tests/test_purify.py")
-MASK_TESTS = ("tests/test_mask.py",)
-ATTACK_TESTS = ("tests/test_attacks_properties.py", "tests/test_attacks.py")
-IDENTITY_TESTS = ("tests/test_run_identity.py",)
+SCHEDULE_TESTS = ("tests/core/test_schedule.py", "tests/core/test_sampling.py", "tests/core/test_purify.py")
+MASK_TESTS = ("tests/core/test_mask.py",)
+ATTACK_TESTS = ("tests/attacks/test_attacks_properties.py", "tests/attacks/test_attacks.py")
+IDENTITY_TESTS = ("tests/evaluation/test_run_identity.py",)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from test_purify import tiny_unet
 
 from hetpure.errors import HetpureError
 from hetpure.evaluate import evaluate, resolve_config, settings_hash
@@ -192,18 +191,7 @@ def test_the_identity_is_deterministic(files: dict[str, Path]) -> None:
 # --- the refusal, end to end with tiny models ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for c in ("cat", "dog"):
-        (root / "data" / "test" / c).mkdir(parents=True)
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "data" / "test" / c / "0.png")
-    tiny_unet().save_pretrained(root / "ddpm")
-    (root / "ddpm" / "scheduler_config.json").write_text(json.dumps(
-        {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "num_train_timesteps": 1000}
-    ))
-    return root
+# ``assets`` (tiny image folder and UNet) is conftest.py's module-scoped fixture.
 
 
 def tiny_run(assets: Path, out: Path, tau: float, **run: Any) -> dict[str, dict[str, Any]]:

@@ -35,7 +35,7 @@ from hetpure.presets import MEMORY_MAX_BATCH, get_preset
 from hetpure.purify import PurifiedClassifier, sample_heterogeneous
 from hetpure.schedule import NoiseSchedule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/core/ → the repository root
 
 
 class ToyEps(EpsModel):

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TinyClassifier, config, tiny_unet
 from PIL import Image
-from test_evaluate import assets, config  # noqa: F401  (the module-scoped fixture and the config builder)
 
 from hetpure import cli
 from hetpure.data import CIFAR10_CLASSES, load_dataset
@@ -25,7 +25,7 @@ from hetpure.evaluate import evaluate, resolve_config
 from hetpure.evaluation.migrate import map_path, migrate_run
 from hetpure.evaluation.records import RunLock, append_records, read_records, repair_tail
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/evaluation/ → the repository root
 
 # --------------------------------------------------------------------------------------------------
 # 1. The config is typed: every bad value is a ConfigError naming the key and the fix
@@ -49,7 +49,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("section", "key", "value", "message"), BAD_VALUES,
                          ids=[f"{s}.{k}={v!r}" for s, k, v, _ in BAD_VALUES])
-def test_bad_config_values_are_refused_with_the_key_and_fix(assets: Path, tmp_path: Path, section: str, key: str,  # noqa: F811
+def test_bad_config_values_are_refused_with_the_key_and_fix(assets: Path, tmp_path: Path, section: str, key: str,
                                                            value: object, message: str) -> None:
     cfg = config(assets, tmp_path / "run")
     cfg[section][key] = value
@@ -58,7 +58,7 @@ def test_bad_config_values_are_refused_with_the_key_and_fix(assets: Path, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
-def test_whole_numbers_are_numbers_and_types_are_normalised(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_whole_numbers_are_numbers_and_types_are_normalised(assets: Path, tmp_path: Path) -> None:
     cfg = config(assets, tmp_path / "run", defense={"t_l": 1, "t_s": 0})
     resolved = resolve_config(cfg)
     assert resolved["defense"]["t_l"] == 1.0 and isinstance(resolved["defense"]["t_l"], float)
@@ -69,7 +69,7 @@ def write_yaml(path: Path, cfg: dict) -> Path:
     return path
 
 
-def test_cli_user_errors_exit_2_without_traceback(assets: Path, tmp_path: Path,  # noqa: F811
+def test_cli_user_errors_exit_2_without_traceback(assets: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     good = write_yaml(tmp_path / "cfg.yaml", config(assets, tmp_path / "run"))
     a_file = tmp_path / "a_file.txt"
@@ -98,7 +98,7 @@ class _Payload:
         return (Path.write_text, (Path(self.marker), "pwned"))
 
 
-def test_pickle_payload_never_runs_unless_trust_pickle_is_the_boolean_true(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_pickle_payload_never_runs_unless_trust_pickle_is_the_boolean_true(assets: Path, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as fh:
@@ -140,7 +140,7 @@ def test_a_corrupt_middle_line_names_file_and_line_and_keeps_the_file(tmp_path: 
     assert path.read_text() == text
 
 
-def test_a_second_run_into_a_locked_folder_is_refused(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_second_run_into_a_locked_folder_is_refused(assets: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     with RunLock(out), pytest.raises(RecordsError, match="another hetpure run is writing into"):
@@ -148,7 +148,7 @@ def test_a_second_run_into_a_locked_folder_is_refused(assets: Path, tmp_path: Pa
     assert not (out / "records.jsonl").exists()
 
 
-def test_other_settings_are_refused_naming_the_keys(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_other_settings_are_refused_naming_the_keys(assets: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = config(assets, out)
     cfg["data"]["n"] = 2
@@ -160,7 +160,7 @@ def test_other_settings_are_refused_naming_the_keys(assets: Path, tmp_path: Path
     assert (out / "records.jsonl").read_text() == before
 
 
-def test_a_failed_run_leaves_nothing_that_refuses_the_corrected_rerun(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_failed_run_leaves_nothing_that_refuses_the_corrected_rerun(assets: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     bad = config(assets, out, defense={"ddim_steps": 4})  # stride 250: no DDIM step below t_l = 0.2
     bad["data"]["n"] = 2
@@ -172,7 +172,7 @@ def test_a_failed_run_leaves_nothing_that_refuses_the_corrected_rerun(assets: Pa
     assert evaluate(good)["n"] == 2
 
 
-def test_a_read_only_finished_run_is_summarised(assets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_a_read_only_finished_run_is_summarised(assets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     cfg = config(assets, out)
     cfg["data"]["n"] = 2
@@ -207,7 +207,7 @@ def test_folders_are_labelled_by_the_models_class_names(tmp_path: Path) -> None:
         load_dataset("imagefolder", root=tmp_path / "b", split=None, class_names=CIFAR10_CLASSES)
 
 
-def test_evaluate_labels_a_one_class_folder_by_name(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_evaluate_labels_a_one_class_folder_by_name(assets: Path, tmp_path: Path) -> None:
     for i in range(2):
         _png(tmp_path / "data" / "test" / "ship" / f"{i}.png", 16, 60 * i)
     cfg = config(assets, tmp_path / "run", data={"root": str(tmp_path / "data"), "n": None})
@@ -215,7 +215,7 @@ def test_evaluate_labels_a_one_class_folder_by_name(assets: Path, tmp_path: Path
     assert {r["label"] for r in read_records(tmp_path / "run" / "records.jsonl")} == {8}
 
 
-def test_images_of_the_wrong_size_for_the_weights_are_refused_before_loading(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_images_of_the_wrong_size_for_the_weights_are_refused_before_loading(assets: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     from hetpure.models.classifiers import CifarResNet
@@ -232,7 +232,7 @@ def test_images_of_the_wrong_size_for_the_weights_are_refused_before_loading(ass
     assert not (tmp_path / "run" / "config.json").exists()
 
 
-def test_mixed_image_sizes_are_a_clear_error(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_mixed_image_sizes_are_a_clear_error(assets: Path, tmp_path: Path) -> None:
     _png(tmp_path / "mixed" / "test" / "cat" / "0.png", 16)
     _png(tmp_path / "mixed" / "test" / "cat" / "1.png", 20)
     cfg = config(assets, tmp_path / "run", data={"root": str(tmp_path / "mixed"), "n": None})
@@ -246,8 +246,6 @@ def test_mixed_image_sizes_are_a_clear_error(assets: Path, tmp_path: Path) -> No
 
 
 def test_purify_casts_float64_and_predict_refuses_zero_runs() -> None:
-    from test_purify import TinyClassifier, tiny_unet
-
     import hetpure
 
     pur = hetpure.UniformPurifier(hetpure.DiffusersEps(tiny_unet()), TinyClassifier(),
@@ -266,7 +264,7 @@ def test_purify_casts_float64_and_predict_refuses_zero_runs() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_identity_holds_no_path_and_survives_a_move(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_identity_holds_no_path_and_survives_a_move(assets: Path, tmp_path: Path) -> None:
     import shutil
 
     out = tmp_path / "run"
@@ -284,7 +282,7 @@ def test_identity_holds_no_path_and_survives_a_move(assets: Path, tmp_path: Path
     assert len(read_records(out / "records.jsonl")) == n_before
 
 
-def test_migrate_moves_an_old_run_to_the_new_identity_without_recomputing(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_migrate_moves_an_old_run_to_the_new_identity_without_recomputing(assets: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = config(assets, out)
     cfg["data"]["n"] = 2

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_evaluate import assets, config  # noqa: F401 - the module-scoped tiny assets fixture
-from test_purify import TinyClassifier, images, tiny_unet
+from conftest import TinyClassifier, config, images, tiny_unet
 
 import hetpure
 from hetpure import PurifyConfig
@@ -71,12 +70,8 @@ class CountingEps(hetpure.DiffusersEps):
 
 @pytest.fixture(scope="module")
 def eps() -> CountingEps:
+    """conftest.py's tiny UNet, counting its calls (``clf`` and ``assets`` are conftest.py's fixtures)."""
     return CountingEps(tiny_unet())
-
-
-@pytest.fixture(scope="module")
-def clf() -> TinyClassifier:
-    return TinyClassifier().eval()
 
 
 # --- DiffPure: the VP-SDE, golden values by hand ---------------------------------------------------------
@@ -311,7 +306,7 @@ def test_eps_calls_are_counted(eps, clf) -> None:
 # --- config, identity, listing -----------------------------------------------------------------------------
 
 
-def test_config_rules(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_config_rules(assets: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"method diffpure needs defense.t_star; fix: --set defense.t_star=0.1"):
         resolve_config(config(assets, tmp_path, defense={"method": "diffpure"}))
     with pytest.raises(ConfigError, match="adjoint .* needs defense.method diffpure"):
@@ -341,7 +336,7 @@ def test_the_peers_are_listed() -> None:
     ({"method": "diffpure", "t_star": 0.02, "sde_steps": 4}, "adjoint"),
     ({"method": "gdmp", "t_star": 0.004, "gdmp_iterations": 2, "gdmp_guidance": "ssim"}, "exact"),
 ], ids=["diffpure-exact", "diffpure-adjoint", "gdmp-exact"])
-def test_tiny_evaluation_of_each_peer(assets: Path, tmp_path: Path, defense: dict, gradient: str) -> None:  # noqa: F811
+def test_tiny_evaluation_of_each_peer(assets: Path, tmp_path: Path, defense: dict, gradient: str) -> None:
     if gradient == "adjoint":
         pytest.importorskip("torchsde")
     sanity = gradient == "adjoint"  # the Carlini et al. checks run through the peers too

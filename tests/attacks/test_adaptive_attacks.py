@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_purify import TinyClassifier, tiny_unet
+from conftest import TinyClassifier, tiny_unet
 
 import hetpure
 from hetpure.attacks import PGD, LowFrequencyPGD, MaskAwarePGD, attention_overlap, defended_model, make_attack

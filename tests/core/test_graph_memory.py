@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_evaluate import assets, config  # noqa: F401  (module fixture and config builder)
-from test_purify import tiny_unet
+from conftest import config, tiny_unet
 
 from hetpure import DiffusersEps
 from hetpure.evaluate import evaluate, read_records
@@ -26,7 +25,7 @@ def test_saved_bytes_scale_with_calls_and_images() -> None:
     assert not use_checkpointing("never", 1e-9, eps, (3, 16, 16), 20, 8)
 
 
-def test_checkpointing_changes_no_record(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_checkpointing_changes_no_record(assets: Path, tmp_path: Path) -> None:
     def run(name: str, **attack: object) -> tuple[list[dict], dict]:
         cfg = config(assets, tmp_path / name, attack={"gradient": "exact", "eot": 2, **attack})
         cfg["data"]["n"] = 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_purify import TinyClassifier, images, tiny_unet
+from conftest import images
 
 import hetpure
 from hetpure import HeterogeneousPurifier, PurifyConfig, UniformPurifier
@@ -14,15 +14,7 @@ from hetpure.mask import graded_weights
 
 ZEROS = torch.zeros_like
 
-
-@pytest.fixture(scope="module")
-def eps() -> hetpure.DiffusersEps:
-    return hetpure.DiffusersEps(tiny_unet())
-
-
-@pytest.fixture(scope="module")
-def clf() -> TinyClassifier:
-    return TinyClassifier().eval()
+# ``eps`` (the tiny UNet) and ``clf`` (the tiny classifier) are conftest.py's module-scoped fixtures.
 
 
 def test_graded_weights_piecewise_linear() -> None:

@@ -6,11 +6,9 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
-from test_purify import tiny_unet
+from conftest import config
 
 from hetpure import cli
 from hetpure.errors import ConfigError, HetpureError
@@ -24,37 +22,7 @@ from hetpure.evaluate import (
     wilson_interval,
 )
 
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("assets")
-    rng = np.random.default_rng(0)
-    for c in ("cat", "dog"):
-        (root / "data" / "test" / c).mkdir(parents=True)
-        for i in range(3):
-            arr = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(root / "data" / "test" / c / f"{i}.png")
-    unet = tiny_unet()
-    unet.save_pretrained(root / "ddpm")
-    (root / "ddpm" / "scheduler_config.json").write_text(json.dumps(
-        {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "num_train_timesteps": 1000}
-    ))
-    return root
-
-
-def config(assets: Path, out: Path, **changes: dict) -> dict:
-    cfg = {
-        "data": {"name": "imagefolder", "root": str(assets / "data"), "split": "test", "n": 5, "seed": 0},
-        "classifier": {"name": "cifar_resnet20"},
-        "diffusion": {"kind": "diffusers", "path": str(assets / "ddpm")},
-        "defense": {"method": "heterogeneous", "t_s": 0.1, "t_l": 0.2, "tau": 0.5, "ddim_steps": 20, "runs": 2},
-        "attack": {"name": "pgd", "steps": 2, "eot": 1, "gradient": "surrogate", "surrogate_ddim_steps": 10},
-        "run": {"batch_size": 2, "device": "cpu", "seed": 0, "out": str(out), "worst_case_k": 2,
-                "progress": False},
-    }
-    for section, values in changes.items():
-        cfg[section].update(values)
-    return cfg
+# ``assets`` (tiny image folder and UNet) is conftest.py's module-scoped fixture; ``config`` builds a run on it.
 
 
 def test_outputs_and_resume(assets: Path, tmp_path: Path) -> None:

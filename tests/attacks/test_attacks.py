@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_purify import TinyClassifier, tiny_unet
+from conftest import TinyClassifier, tiny_unet
 from torch import nn
 
 import hetpure

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from test_evaluate import assets, config  # noqa: F401  (the module-scoped fixture is reused)
+from conftest import config
 
 from hetpure.evaluate import read_records
 
@@ -33,7 +33,7 @@ def _records(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
-def test_two_gloo_ranks_equal_one_process(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_two_gloo_ranks_equal_one_process(assets: Path, tmp_path: Path) -> None:
     single = _write_cfg(assets, tmp_path / "single", tmp_path / "single.yaml")
     _run([sys.executable, "-m", "hetpure", "evaluate", str(single)], tmp_path)
     reference = _records(tmp_path / "single")

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from test_purify import TinyClassifier, tiny_unet
+from conftest import TinyClassifier, tiny_unet
 
 import hetpure
 from hetpure.errors import ConfigError

@@ -1,8 +1,8 @@
-"""Closed forms of the noise schedule and the heterogeneous sampler, with no fixture files.
+"""Closed forms of the noise schedule, with no fixture files.
 
 Every expected value is written from the definitions (DDPM eq. 2 and 4, DDIM eq. 12 and 16, DDPM
-eq. 6–7, Pei et al. Alg. 1 as docs/method.md states it), with ᾱ computed here as a plain product of
-(1 − β), never through the functions under test.
+eq. 6–7), with ᾱ computed as a plain product of (1 − β) (``conftest.abar``), never through the functions under
+test. The samplers built on these steps are tested in test_sampling.py.
 """
 
 from __future__ import annotations
@@ -12,29 +12,10 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from conftest import BETAS, T, abar, close, rand
 from torch import Tensor
 
-from hetpure.models.base import EpsModel
-from hetpure.purify import sample_heterogeneous
 from hetpure.schedule import NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, forward_step, q_sample
-
-# A short schedule with large, all-different betas: an index off by one changes every coefficient visibly.
-T = 20
-BETAS = [0.01 + 0.01 * i for i in range(T)]
-
-
-def abar(t: int) -> float:
-    """ᾱ_t = Π_{s≤t} (1 − β_s), with ᾱ_{−1} = 1."""
-    return math.prod(1.0 - b for b in BETAS[: t + 1])
-
-
-@pytest.fixture(scope="module")
-def sched() -> NoiseSchedule:
-    return NoiseSchedule.from_betas(BETAS)
-
-
-def rand(*shape: int, seed: int) -> Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def const(value: float) -> Callable[[Tensor], Tensor]:
@@ -42,10 +23,6 @@ def const(value: float) -> Callable[[Tensor], Tensor]:
 
 
 ZEROS = torch.zeros_like
-
-
-def close(a: Tensor, b: Tensor, tol: float = 1e-12) -> bool:
-    return bool(torch.allclose(a, b, rtol=0, atol=tol))
 
 
 # --- the schedule itself ----------------------------------------------------------------------------------
@@ -74,6 +51,12 @@ def test_default_schedule_is_ddpm_linear() -> None:
 def test_ddim_timesteps_follow_the_documented_rule(num: int, steps: int, frac: float, expected: list[int]) -> None:
     """Stride T // S from 0, the first int(S·t_l) + 1 entries, descending (docs/method.md §2)."""
     assert ddim_timesteps(num, steps, frac) == expected
+
+
+def test_timesteps_match_the_issue_examples() -> None:
+    assert ddim_timesteps(1000, 10, 0.2) == [200, 100, 0]
+    ts = ddim_timesteps(1000, 500, 0.2)
+    assert ts[:3] == [200, 198, 196] and ts[-1] == 0 and len(ts) == 101
 
 
 # --- DDPM forward process ---------------------------------------------------------------------------------
@@ -197,90 +180,3 @@ def test_ddpm_last_step_returns_x0_without_noise(sched: NoiseSchedule) -> None:
     x0, eps = rand(1, 3, 4, 4, seed=70), rand(1, 3, 4, 4, seed=71)
     x_t = math.sqrt(abar(0)) * x0 + math.sqrt(1 - abar(0)) * eps
     assert close(ddpm_step(sched, x_t, eps, 0, const(1.0)), x0, 1e-10)
-
-
-# --- the heterogeneous sampler against a hand-written loop ------------------------------------------------
-
-
-class ToyEps(EpsModel):
-    """ε(x, t) = 0.3·x + 0.02·t·sin(x): depends on both x and t, so a wrong timestep shows."""
-
-    def __init__(self, schedule: NoiseSchedule) -> None:
-        super().__init__(schedule, in_channels=3)
-
-    def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return 0.3 * x_t + 0.02 * t.view(-1, 1, 1, 1).to(x_t.dtype) * torch.sin(x_t)
-
-
-def toy_eps(x: Tensor, t: int) -> Tensor:
-    return 0.3 * x + 0.02 * t * torch.sin(x)
-
-
-def hand_loop(x0: Tensor, m: Tensor, ts: list[int], t_s: float, resample_steps: int,
-              draw: Callable[[], Tensor]) -> Tensor:
-    """Pei et al. Alg. 1 as docs/method.md §3–5 states it, written with ᾱ and β only (η = 0)."""
-    x = math.sqrt(abar(ts[0])) * x0 + math.sqrt(1 - abar(ts[0])) * draw()
-    for t, s in zip(ts[:-1], ts[1:]):
-        if s >= t_s * T:
-            x = m * x + (1 - m) * (math.sqrt(abar(t)) * x0 + math.sqrt(1 - abar(t)) * draw())
-            for u in range(resample_steps):  # x_{t+u} → x_{t+u+1}
-                beta = BETAS[t + u + 1]
-                x = math.sqrt(1 - beta) * x + math.sqrt(beta) * draw()
-            t_up = t + resample_steps
-        else:
-            t_up = t
-        e = toy_eps(x, t_up)
-        x0_hat = (x - math.sqrt(1 - abar(t_up)) * e) / math.sqrt(abar(t_up))
-        x = math.sqrt(abar(s)) * x0_hat + math.sqrt(1 - abar(s)) * e
-    return x
-
-
-# (t_s, t_l) → the DDIM timesteps for T = 20, S = 10 (stride 2; int(10·t_l) + 1 entries)
-CASES = {(0.1, 0.2): [4, 2, 0], (0.2, 0.4): [8, 6, 4, 2, 0], (0.1, 0.4): [8, 6, 4, 2, 0]}
-
-
-@pytest.mark.parametrize("levels", sorted(CASES))
-@pytest.mark.parametrize("resample_steps", [0, 1, 3])
-@pytest.mark.parametrize("noisy", [False, True], ids=["zero-noise", "seeded-noise"])
-def test_sampler_equals_hand_written_loop(sched: NoiseSchedule, levels: tuple[float, float], resample_steps: int,
-                                          noisy: bool) -> None:
-    """Start q(x_{t_0} | x_0); stage 1 (s ≥ t_s·T): reset the unattended pixels to q(x_t | x_0), U forward
-    steps with α_{t+1}, one DDIM step from t + U with ε_θ(x, t + U); stage 2: plain DDIM steps."""
-    t_s, t_l = levels
-    shape = (2, 3, 4, 4)
-    x0 = rand(*shape, seed=80).clamp(-1, 1)
-    m = (torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(81)) > 0.5).to(torch.float64)
-    assert 0 < float(m.mean()) < 1
-    n_draws = 1 + sum(1 + resample_steps for s in CASES[levels][1:] if s >= t_s * T)
-    draws = [rand(*shape, seed=100 + k) if noisy else torch.zeros(shape, dtype=torch.float64)
-             for k in range(n_draws)]
-    hand_draws = iter(draws)
-    expected = hand_loop(x0, m, CASES[levels], t_s, resample_steps, lambda: next(hand_draws))
-
-    fed = iter(draws)
-    used = []
-
-    def noise(like: Tensor) -> Tensor:
-        used.append(1)
-        return next(fed)
-
-    out = sample_heterogeneous(ToyEps(sched), x0, t_s + (t_l - t_s) * m, t_s=t_s, t_l=t_l, ddim_steps=10,
-                               resample_steps=resample_steps, noise=noise)
-    assert close(out, expected, 1e-10)
-    assert len(used) == n_draws  # one draw per reset and per forward step, none for η = 0 DDIM
-
-
-def test_zero_noise_single_stage1_step(sched: NoiseSchedule) -> None:
-    """One stage-1 step 4 → 2 with U = 3 and zero noise, written out in full:
-    x_4 = √ᾱ_4 x_0 everywhere; the reset leaves it there; x_7 = √(α_5 α_6 α_7) x_4; then DDIM 7 → 2."""
-    x0 = rand(1, 3, 4, 4, seed=90).clamp(-1, 1)
-    m = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
-    m[..., :2, :] = 1
-    x7 = math.sqrt(abar(4)) * math.sqrt((1 - BETAS[5]) * (1 - BETAS[6]) * (1 - BETAS[7])) * x0
-    e7 = toy_eps(x7, 7)
-    x2 = math.sqrt(abar(2)) * (x7 - math.sqrt(1 - abar(7)) * e7) / math.sqrt(abar(7)) + math.sqrt(1 - abar(2)) * e7
-    e2 = toy_eps(x2, 2)
-    x_last = math.sqrt(abar(0)) * (x2 - math.sqrt(1 - abar(2)) * e2) / math.sqrt(abar(2)) + math.sqrt(1 - abar(0)) * e2
-    out = sample_heterogeneous(ToyEps(sched), x0, 0.1 + 0.1 * m, t_s=0.1, t_l=0.2, ddim_steps=10, resample_steps=3,
-                               noise=ZEROS)
-    assert close(out, x_last, 1e-10)
