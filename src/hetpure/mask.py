@@ -9,6 +9,7 @@ high noise level t_l.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -127,7 +128,8 @@ def energy_map(classifier: nn.Module, x: Tensor, layer_names: Sequence[str], dif
 def binarize(energy: Tensor, tau: float | None = 0.9, top_p: float | None = None) -> Tensor:
     """Binary mask from an attention map: E ≥ τ, or (if ``top_p`` is given) the top p fraction.
 
-    With ``top_p`` exactly k = max(1, round(p·H·W)) pixels per image are kept (ties broken by position).
+    With ``top_p`` exactly k = ⌈p·H·W⌉ pixels per image are kept (at least the fraction p; ties broken by
+    position); the 1e-9 keeps float products such as 0.1 · 1000 = 100.00000000000001 at 100.
 
     Example:
         >>> import torch, hetpure
@@ -141,7 +143,7 @@ def binarize(energy: Tensor, tau: float | None = 0.9, top_p: float | None = None
         if not 0 < top_p <= 1:
             raise ConfigError(f"top_p must lie in (0, 1], got {top_p}")
         flat = energy.flatten(1)
-        k = max(1, int(round(top_p * flat.shape[1])))
+        k = max(1, math.ceil(top_p * flat.shape[1] - 1e-9))
         idx = flat.topk(k, dim=1).indices
         return torch.zeros_like(flat).scatter_(1, idx, 1.0).view_as(energy)
     if tau is None or not 0 <= tau <= 1:

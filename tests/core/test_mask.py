@@ -87,8 +87,8 @@ def test_tau_zero_keeps_every_pixel() -> None:
     assert binarize(e, tau=0.0).eq(1).all()
 
 
-# p·H·W on 8×8 images: integral, or with a fractional part ≥ 0.5, where ⌈p·HW⌉ (issue 25) and the documented
-# round(p·HW) (docs/method.md §1) agree; they differ below .5 (0.99·64 = 63.36), which is left unpinned here.
+# p·H·W on 8×8 images, integral or not: top-p keeps ⌈p·HW⌉ (docs/method.md §1); the case where rounding
+# would differ is pinned below.
 @pytest.mark.parametrize("p, count", [(1 / 64, 1), (0.15, 10), (0.25, 16), (0.5, 32), (0.995, 64), (1.0, 64)])
 def test_top_p_keeps_the_highest_ceil_p_hw_pixels(p: float, count: int) -> None:
     """Top-p keeps ⌈p·H·W⌉ pixels per image (0.15·64 = 9.6 → 10), and they are the highest ones."""
@@ -100,6 +100,15 @@ def test_top_p_keeps_the_highest_ceil_p_hw_pixels(p: float, count: int) -> None:
         kept, dropped = flat_e[i][flat_m[i]], flat_e[i][~flat_m[i]]
         if dropped.numel():
             assert kept.min() > dropped.max()
+
+
+def test_top_p_rounds_up_where_rounding_would_not() -> None:
+    """⌈p·H·W⌉, not round(p·H·W): 0.99·64 = 63.36 keeps 64 pixels, 0.1·1000-style products stay exact."""
+    e = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    assert int(binarize(e, tau=0.9, top_p=0.99).sum()) == 64
+    assert int(binarize(e, tau=0.9, top_p=0.01).sum()) == 1  # 0.64 → 1
+    wide = torch.rand(1, 1, 10, 100, generator=torch.Generator().manual_seed(5))
+    assert int(binarize(wide, tau=0.9, top_p=0.1).sum()) == 100  # 0.1 · 1000 is 100.00000000000001 in floats
 
 
 def test_top_p_takes_precedence_over_tau() -> None:

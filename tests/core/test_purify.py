@@ -49,7 +49,7 @@ def test_mask_is_binary_and_top_p_counts(eps, clf) -> None:
     m = HeterogeneousPurifier(eps, clf, PurifyConfig(tau=0.6)).mask(x)
     assert m.shape == (4, 1, 16, 16) and set(m.unique().tolist()) <= {0.0, 1.0}
     mp = HeterogeneousPurifier(eps, clf, PurifyConfig(top_p=0.15)).mask(x)
-    assert mp.sum((1, 2, 3)).tolist() == [round(0.15 * 256)] * 4
+    assert mp.sum((1, 2, 3)).tolist() == [39] * 4  # ⌈0.15 · 256⌉ = ⌈38.4⌉
 
 
 def test_energy_map_matches_hand_computation(clf) -> None:
