@@ -111,8 +111,9 @@ MUTANTS: list[Mutant] = [
            "x = q_sample(eps_model.schedule, x0, ts[0], noise)", "x = q_sample(eps_model.schedule, x0, ts[1], noise)",
            SCHEDULE_TESTS),
     # --- mask ----------------------------------------------------------------------------------------------
-    Mutant("top-p-floor", "mask.py",
-           "k = max(1, int(round(top_p * flat.shape[1])))", "k = max(1, int(top_p * flat.shape[1]))", MASK_TESTS),
+    Mutant("top-p-round-not-ceil", "mask.py",
+           "k = max(1, math.ceil(top_p * flat.shape[1] - 1e-9))", "k = max(1, round(top_p * flat.shape[1]))",
+           MASK_TESTS),
     Mutant("top-p-keeps-lowest", "mask.py",
            "idx = flat.topk(k, dim=1).indices", "idx = flat.topk(k, dim=1, largest=False).indices", MASK_TESTS),
     Mutant("energy-abs-not-square", "mask.py",
