@@ -1,4 +1,4 @@
-"""GPU readiness (issue 24), tested on the CPU: device-agnostic rules, refusals, frozen models, chunk sizes,
+"""GPU readiness, tested on the CPU: device-agnostic rules, refusals, frozen models, chunk sizes,
 error paths of the distributed run, and the benchmark flags that only matter on a GPU."""
 
 from __future__ import annotations
