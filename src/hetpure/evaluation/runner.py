@@ -223,6 +223,7 @@ def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
     progress = _progress(len([b for b in range(len(batches)) if b % dist.world_size == dist.rank]),
                          len(batches) - len(todo), cfg["run"]["progress"] and dist.is_main)
     grid_saved = (out / "examples.png").exists()
+    config_written = False
     for b in todo:
         start = time.perf_counter()
         x, y = _load_batch(dataset, batches[b], device)
@@ -233,8 +234,9 @@ def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
         elapsed = time.perf_counter() - start
         for r in records:
             r["seconds"] = round(elapsed / len(x), 4)  # attack + evaluations, per image of this batch
-        if dist.is_main:
+        if dist.is_main and not config_written:  # once, with the run's first records
             _write_config(out, cfg, identity, digest)
+            config_written = True
         append_records(my_records, [records[i] for i in pending])
         stats["seconds"] += elapsed
         stats["images"] += len(x)
