@@ -223,7 +223,9 @@ PAIRS = (("uniform-ts", "uniform-tl"), ("heterogeneous", "uniform-tl"), ("hetero
          ("heterogeneous-graded", "uniform-tl"), ("heterogeneous-graded", "heterogeneous"),
          ("heterogeneous-exact", "heterogeneous"), ("uniform-tl-exact", "uniform-tl"),
          ("heterogeneous-exact", "uniform-tl-exact"), ("prefix-protocol", "uniform-ts"),
-         ("prefix-protocol", "heterogeneous"), ("diffpure", "heterogeneous"), ("gdmp", "heterogeneous"))
+         ("prefix-protocol", "heterogeneous"), ("diffpure", "heterogeneous"), ("gdmp", "heterogeneous"),
+         # the peers against the discrete baseline at the same t* and against heterogeneous under its exact attack
+         ("diffpure", "uniform-ts"), ("diffpure", "heterogeneous-exact"), ("gdmp", "heterogeneous-exact"))
 
 
 def print_paired(out: Path, rows: list[str]) -> list[dict[str, Any]]:
