@@ -44,7 +44,8 @@ from hetpure.evaluate import evaluate
 
 T_S, T_L, TAU, U = 0.1, 0.2, 0.9, 3
 ROWS = ("none", "uniform-ts", "uniform-tl", "heterogeneous", "heterogeneous-tuned", "heterogeneous-graded",
-        "heterogeneous-exact", "uniform-tl-exact", "prefix-protocol", "diffpure", "gdmp")
+        "heterogeneous-exact", "uniform-tl-exact", "prefix-protocol", "diffpure", "gdmp", "diffpure-exact",
+        "diffpure-adjoint")
 # the peers at their authors' CIFAR-10 settings (docs/method.md, "The peers"): DiffPure t* = 0.1 with 100
 # Euler–Maruyama steps; GDMP 36 of 1000 steps (this DDPM has the same T = 1000 linear schedule), 4 iterations,
 # MSE guidance at its code's strength (gdmp_scale 28687.5)
@@ -85,12 +86,13 @@ def row_config(row: str, args: argparse.Namespace, split: str = "test", n: int |
         cfg["defense"] = {"method": "uniform", "t_star": T_S, "ddim_steps": d["ddim_steps"], "runs": d["runs"]}
         cfg["attack"]["through"] = {"method": "heterogeneous", "t_s": T_S, "t_l": T_L, "tau": TAU,
                                     "resample_steps": U}
-    elif row in ("diffpure", "gdmp"):  # the same votes, attack and images as the other rows
-        cfg["defense"] = {**(DIFFPURE if row == "diffpure" else GDMP), "runs": d["runs"]}
+    elif row in ("diffpure", "gdmp", "diffpure-exact", "diffpure-adjoint"):  # the votes, attack, images of the rest
+        cfg["defense"] = {**(GDMP if row == "gdmp" else DIFFPURE), "runs": d["runs"]}
     elif row not in ("heterogeneous", "heterogeneous-exact"):
         sys.exit(f"unknown row {row!r}; choose from {ROWS}")
-    if row.endswith("-exact"):  # the defence's own sampler, differentiated end to end; half the EOT samples
-        cfg["attack"]["gradient"] = "exact"
+    if row.endswith(("-exact", "-adjoint")):  # the defence's own solver, differentiated; half the EOT samples
+        # adjoint: DiffPure's torchsde adjoint SDE, approximate gradients (the DiffPure vs DiffBreak question)
+        cfg["attack"]["gradient"] = "adjoint" if row.endswith("-adjoint") else "exact"
         cfg["attack"]["eot"] = max(1, cfg["attack"]["eot"] // 2)
         # keep the whole graph when it fits (1.4× faster than per-step checkpointing; the same records):
         # the estimate for batch 8 × EOT 2 at S = 100 is 8.2 GB (measured 3.9 GB), two jobs fit in 24 GB
@@ -225,7 +227,9 @@ PAIRS = (("uniform-ts", "uniform-tl"), ("heterogeneous", "uniform-tl"), ("hetero
          ("heterogeneous-exact", "uniform-tl-exact"), ("prefix-protocol", "uniform-ts"),
          ("prefix-protocol", "heterogeneous"), ("diffpure", "heterogeneous"), ("gdmp", "heterogeneous"),
          # the peers against the discrete baseline at the same t* and against heterogeneous under its exact attack
-         ("diffpure", "uniform-ts"), ("diffpure", "heterogeneous-exact"), ("gdmp", "heterogeneous-exact"))
+         ("diffpure", "uniform-ts"), ("diffpure", "heterogeneous-exact"), ("gdmp", "heterogeneous-exact"),
+         ("diffpure-exact", "diffpure"), ("diffpure-adjoint", "diffpure-exact"),
+         ("diffpure-exact", "heterogeneous-exact"))
 
 
 def print_paired(out: Path, rows: list[str]) -> list[dict[str, Any]]:

@@ -140,10 +140,11 @@ def test_exact_rows_differ_from_their_surrogate_rows_only_in_the_attack_gradient
         cifar10_robust: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     m = cifar10_robust
     args = make_args(m, monkeypatch, "--eot", "4")
-    for exact, surrogate in (("heterogeneous-exact", "heterogeneous"), ("uniform-tl-exact", "uniform-tl")):
+    for exact, surrogate in (("heterogeneous-exact", "heterogeneous"), ("uniform-tl-exact", "uniform-tl"),
+                             ("diffpure-exact", "diffpure"), ("diffpure-adjoint", "diffpure")):
         a, b = m.row_config(exact, args), m.row_config(surrogate, args)
         assert a["defense"] == b["defense"] and a["data"] == b["data"]
-        assert (a["attack"]["gradient"], a["attack"]["eot"]) == ("exact", 2)
+        assert (a["attack"]["gradient"], a["attack"]["eot"]) == (exact.rsplit("-", 1)[1], 2)
         assert (b["attack"]["gradient"], b["attack"]["eot"]) == ("surrogate", 4)
     assert m.row_config("uniform-tl-exact", args)["defense"]["t_star"] == m.T_L
     with pytest.raises(SystemExit, match="unknown row"):
