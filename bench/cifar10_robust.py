@@ -228,6 +228,7 @@ PAIRS = (("uniform-ts", "uniform-tl"), ("heterogeneous", "uniform-tl"), ("hetero
          ("prefix-protocol", "heterogeneous"), ("diffpure", "heterogeneous"), ("gdmp", "heterogeneous"),
          # the peers against the discrete baseline at the same t* and against heterogeneous under its exact attack
          ("diffpure", "uniform-ts"), ("diffpure", "heterogeneous-exact"), ("gdmp", "heterogeneous-exact"),
+         ("gdmp", "uniform-ts"), ("gdmp", "diffpure"),
          ("diffpure-exact", "diffpure"), ("diffpure-adjoint", "diffpure-exact"),
          ("diffpure-exact", "heterogeneous-exact"))
 
