@@ -49,6 +49,9 @@ ROWS = ("none", "uniform-ts", "uniform-tl", "heterogeneous", "heterogeneous-tune
 # the peers at their authors' CIFAR-10 settings (docs/method.md, "The peers"): DiffPure t* = 0.1 with 100
 # Euler–Maruyama steps; GDMP 36 of 1000 steps (this DDPM has the same T = 1000 linear schedule), 4 iterations,
 # MSE guidance at its code's strength (gdmp_scale 28687.5)
+# rows whose attack differentiates the defence's own solver (exact, or DiffPure's adjoint): half the EOT samples
+# and their own --n-exact
+THROUGH_SOLVER = ("-exact", "-adjoint")
 DIFFPURE = {"method": "diffpure", "t_star": 0.1, "sde_steps": 100}
 GDMP = {"method": "gdmp", "t_star": 0.036, "gdmp_guidance": "mse", "gdmp_scale": 28687.5, "gdmp_iterations": 4}
 
@@ -90,7 +93,7 @@ def row_config(row: str, args: argparse.Namespace, split: str = "test", n: int |
         cfg["defense"] = {**(GDMP if row == "gdmp" else DIFFPURE), "runs": d["runs"]}
     elif row not in ("heterogeneous", "heterogeneous-exact"):
         sys.exit(f"unknown row {row!r}; choose from {ROWS}")
-    if row.endswith(("-exact", "-adjoint")):  # the defence's own solver, differentiated; half the EOT samples
+    if row.endswith(THROUGH_SOLVER):
         # adjoint: DiffPure's torchsde adjoint SDE, approximate gradients (the DiffPure vs DiffBreak question)
         cfg["attack"]["gradient"] = "adjoint" if row.endswith("-adjoint") else "exact"
         cfg["attack"]["eot"] = max(1, cfg["attack"]["eot"] // 2)
@@ -102,6 +105,11 @@ def row_config(row: str, args: argparse.Namespace, split: str = "test", n: int |
             if defense and defense["method"] != "none":
                 defense["max_batch"] = args.max_batch
     return cfg
+
+
+def row_images(row: str, args: argparse.Namespace) -> int | None:
+    """The row's number of test images: ``--n-exact`` for the rows attacked through the solver, else None (--n)."""
+    return args.n_exact if row.endswith(THROUGH_SOLVER) else None
 
 
 def run_row(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -171,7 +179,7 @@ def table(args: argparse.Namespace) -> None:
     out = Path(args.out)
     rows, data = [], []
     for row in args.rows:
-        cfg = row_config(row, args, n=args.n_exact if row.endswith("-exact") else None)
+        cfg = row_config(row, args, n=row_images(row, args))
         cfg["run"]["out"] = str(out / row)
         twin = adopt_twin(cfg, out / row)
         s = run_row(cfg, out / row)
@@ -226,7 +234,8 @@ PAIRS = (("uniform-ts", "uniform-tl"), ("heterogeneous", "uniform-tl"), ("hetero
          ("heterogeneous-exact", "heterogeneous"), ("uniform-tl-exact", "uniform-tl"),
          ("heterogeneous-exact", "uniform-tl-exact"), ("prefix-protocol", "uniform-ts"),
          ("prefix-protocol", "heterogeneous"), ("diffpure", "heterogeneous"), ("gdmp", "heterogeneous"),
-         # the peers against the discrete baseline at the same t* and against heterogeneous under its exact attack
+         # the peers against the discrete baseline at the same t*, each other and heterogeneous under its exact
+         # attack; DiffPure under its own exact and adjoint gradients
          ("diffpure", "uniform-ts"), ("diffpure", "heterogeneous-exact"), ("gdmp", "heterogeneous-exact"),
          ("gdmp", "uniform-ts"), ("gdmp", "diffpure"),
          ("diffpure-exact", "diffpure"), ("diffpure-adjoint", "diffpure-exact"),
@@ -581,7 +590,7 @@ def main() -> None:
     parser.add_argument("command", choices=["table", "tune", "sweep", "figures", "ablations", "cost"], nargs="?",
                         default="table")
     parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--n-exact", type=int, default=None, help="n for the exact-gradient rows (default --n)")
+    parser.add_argument("--n-exact", type=int, default=None, help="n for the exact and adjoint rows (default --n)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--out", default=str(REPO / "docs/results/records/cifar10"))
     parser.add_argument("--steps", type=int, default=20)

@@ -147,5 +147,7 @@ def test_exact_rows_differ_from_their_surrogate_rows_only_in_the_attack_gradient
         assert (a["attack"]["gradient"], a["attack"]["eot"]) == (exact.rsplit("-", 1)[1], 2)
         assert (b["attack"]["gradient"], b["attack"]["eot"]) == ("surrogate", 4)
     assert m.row_config("uniform-tl-exact", args)["defense"]["t_star"] == m.T_L
+    sized = make_args(m, monkeypatch, "--n", "256", "--n-exact", "64")
+    assert [m.row_images(r, sized) for r in ("heterogeneous-exact", "diffpure-adjoint", "diffpure")] == [64, 64, None]
     with pytest.raises(SystemExit, match="unknown row"):
         m.row_config("uniform-ts-exact", args)
