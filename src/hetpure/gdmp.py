@@ -33,7 +33,7 @@ from .devices import check_timesteps
 from .errors import ConfigError
 from .models.base import EpsModel
 from .purify import Purifier
-from .sampling import _queue, _run_step, _timestep_tensor
+from .sampling import ReverseState, Trace, _queue, _run_step, _timestep_tensor, active_trace
 from .schedule import NoiseFn, NoiseSchedule, q_sample
 from .sde import check_t_star, start_index
 
@@ -153,23 +153,29 @@ def _gdmp_step(eps_model: EpsModel, x0: Tensor, guidance: str, scale: float, t: 
 def sample_gdmp(
     eps_model: EpsModel, x0: Tensor, *, t_star: float, iterations: int = 4, guidance: str = "mse",
     scale: float = 28687.5, steps: int | None = None, noise: NoiseFn = torch.randn_like, use_checkpoint: bool = False,
+    trace: Trace | None = None,
 ) -> Tensor:
     """GDMP's purification on the diffusion scale (GDMP's loop): ``iterations`` times
     x ← q(x_{n−1} | x) (DDPM eq. 4, n = ⌊t*·T⌋; the first iteration starts from the input x0), then the guided
     chain of :func:`gdmp_timesteps` down to the clean image, guided toward q(y_t | x0).
 
     Each step draws its noise (reference, then step noise) before it runs, so checkpointing replays it.
+    ``trace`` (default: :func:`hetpure.sampling.active_trace`) sees the state after every guided step t → s of
+    every iteration, at timestep s, with the input x0 as the chain's x_0.
     """
     T = eps_model.num_timesteps
     n = start_index(t_star, T)
     check_timesteps(n - 1, T)
     ts = gdmp_timesteps(n, steps)
+    trace = active_trace(trace)
     x = x0
     for _ in range(iterations):
         x = q_sample(eps_model.schedule, x, n - 1, noise)
         for t, s in zip(ts, [*ts[1:], -1]):
             step = functools.partial(_gdmp_step, eps_model, x0, guidance, scale, t, s)
             x = _run_step(step, x, 2 if s >= 0 else 1, noise, use_checkpoint)
+            if trace is not None:
+                trace(ReverseState(s, eps_model.schedule.alpha_bar(s), x, x0))
     return x
 
 

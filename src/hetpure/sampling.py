@@ -2,13 +2,21 @@
 the heterogeneous-noise sampler (Pei et al. 2025, Alg. 1), the uniform DDIM / DDPM baseline, their step
 functions and ε-call counts. Every Gaussian draw goes through one ``noise`` callable and is drawn before its
 step, so a checkpointed step replays it exactly in the backward pass.
+
+The samplers take an optional ``trace``, an observer of the reverse chain (:class:`ReverseState` after every
+reverse step); by default it is the one of the innermost :func:`tracing` block, so the states of a purifier's
+differentiable pass can be read without changing any purifier (DiffAttack's deviated-reconstruction loss,
+:mod:`hetpure.attacks.diffattack`). Tracing changes no number: the observer only sees the states.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -18,6 +26,59 @@ from .config import PurifyConfig
 from .devices import check_timesteps
 from .models.base import EpsModel
 from .schedule import NoiseFn, ddim_step, ddim_timesteps, ddpm_step, forward_step, q_sample
+
+# --------------------------------------------------------------------------------------------------
+# The reverse-chain observer
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReverseState:
+    """The state after one reverse step, as an observer sees it.
+
+    ``x`` is the chain's state x_t at time ``t`` (an integer timestep; DiffPure's continuous time in [0, 1]; −1 is
+    the clean image), ``alpha_bar`` its ᾱ_t (ᾱ_{−1} = 1), so that the forward marginal of the chain's input ``x0``
+    (diffusion scale) at the same time is q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) (DDPM eq. 4). ``x`` and ``x0``
+    carry the sampler's autograd graph when it is differentiated.
+    """
+
+    t: float
+    alpha_bar: float
+    x: Tensor
+    x0: Tensor
+
+
+Trace = Callable[[ReverseState], None]
+_ACTIVE_TRACE: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("hetpure_trace", default=None)
+
+
+@contextlib.contextmanager
+def tracing(trace: Trace) -> Iterator[Trace]:
+    """Within the block, every sampler called without its own ``trace`` reports each reverse step to ``trace``.
+
+    Example:
+        >>> import torch, hetpure
+        >>> from hetpure.demo import load_demo_models
+        >>> from hetpure.sampling import tracing
+        >>> eps, clf = load_demo_models()  # the small MNIST models in the package
+        >>> pur = hetpure.UniformPurifier(eps, clf, hetpure.PurifyConfig(t_star=0.2, ddim_steps=10))
+        >>> states = []
+        >>> with tracing(states.append):
+        ...     _ = pur.purify(torch.rand(1, 1, 28, 28))
+        >>> [(s.t, round(s.alpha_bar, 3)) for s in states]  # the DDIM steps 200 → 100 → 0
+        [(100, 0.895), (0, 1.0)]
+    """
+    token = _ACTIVE_TRACE.set(trace)
+    try:
+        yield trace
+    finally:
+        _ACTIVE_TRACE.reset(token)
+
+
+def active_trace(trace: Trace | None = None) -> Trace | None:
+    """``trace`` if given, else the observer of the innermost :func:`tracing` block (None outside one)."""
+    return trace if trace is not None else _ACTIVE_TRACE.get()
+
 
 # --------------------------------------------------------------------------------------------------
 # Samplers (diffusion scale). Each step draws its Gaussian noise first and then applies a pure
@@ -39,6 +100,12 @@ def _run_step(step: Callable[..., Tensor], x: Tensor, n_noise: int, noise: Noise
     if use_checkpoint and torch.is_grad_enabled():
         return _checkpoint(step, x, *zs, use_reentrant=False, preserve_rng_state=False)  # noise drawn above
     return step(x, *zs)
+
+
+def _report(trace: Trace | None, eps_model: EpsModel, t: int, x: Tensor, x0: Tensor) -> None:
+    """Hand the state x_t after a reverse step to ``trace`` (nothing when there is none)."""
+    if trace is not None:
+        trace(ReverseState(t, eps_model.schedule.alpha_bar(t), x, x0))
 
 
 def _mixing_step(
@@ -111,6 +178,7 @@ def sample_heterogeneous(
     noise: NoiseFn = torch.randn_like,
     use_checkpoint: bool = False,
     repaint_jumps: int = 1,
+    trace: Trace | None = None,
 ) -> Tensor:
     """Heterogeneous-noise DDIM sampler (Pei et al. 2025, Alg. 1), on the diffusion scale.
 
@@ -122,7 +190,8 @@ def sample_heterogeneous(
        q(x_t | x_0) (the generated region m_t = [level·T ≥ t] keeps x), U forward steps, a DDIM step;
     3. stage 2, the remaining pairs: plain DDIM for the whole image.
 
-    Returns the sampler's final x at timestep 0 (not clamped).
+    Returns the sampler's final x at timestep 0 (not clamped). ``trace`` (default: :func:`active_trace`) sees
+    the state after every DDIM step t → s, at timestep s.
 
     Example:
         >>> import torch, hetpure
@@ -140,6 +209,7 @@ def sample_heterogeneous(
     ts = ddim_timesteps(T, ddim_steps, t_l)
     check_timesteps(ts[0] + (0 if repaint_jumps > 1 else resample_steps), T)
     n_extra = 1 if eta > 0 else 0
+    trace = active_trace(trace)
     x = q_sample(eps_model.schedule, x0, ts[0], noise)  # Alg. 1, line 3
     level_steps = levels * T
     for t, s in zip(ts[:-1], ts[1:]):  # Alg. 1, line 4
@@ -155,6 +225,7 @@ def sample_heterogeneous(
         else:
             x = _run_step(functools.partial(_ddim_step, eps_model, t, s, eta), x, n_extra, noise,
                           use_checkpoint)  # line 9: stage 2, plain DDIM
+        _report(trace, eps_model, s, x, x0)
     return x  # line 10 (the purifier maps it back to [0, 1])
 
 
@@ -168,12 +239,14 @@ def sample_uniform(
     sampler: str = "ddim",
     noise: NoiseFn = torch.randn_like,
     use_checkpoint: bool = False,
+    trace: Trace | None = None,
 ) -> Tensor:
     """Uniform (DiffPure-style) purification from t*, on the diffusion scale.
 
     ``ddim``: x ← q(x_{t_0} | x_0) at t_0 = the DDIM schedule's top entry ≤ t*·T, then DDIM steps down to
     timestep 0 (the heterogeneous sampler without stage 1). ``ddpm``: x ← q(x_{n−1} | x_0) with n = ⌊t*·T⌋,
     then n ancestral steps n−1 … 0 (DDPM eq. 6–7; DiffPure's discrete sampler), ending at the clean image.
+    ``trace`` (default: :func:`active_trace`) sees the state after every step (at t − 1 for the step from t).
 
     Example:
         >>> import torch, hetpure
@@ -185,12 +258,14 @@ def sample_uniform(
         (2, 1, 28, 28)
     """
     schedule = eps_model.schedule
+    trace = active_trace(trace)
     if sampler == "ddpm":
         n = int(t_star * eps_model.num_timesteps)
         check_timesteps(n - 1, eps_model.num_timesteps)
         x = q_sample(schedule, x0, n - 1, noise)
         for t in range(n - 1, -1, -1):
             x = _run_step(functools.partial(_ddpm_step, eps_model, t), x, int(t > 0), noise, use_checkpoint)
+            _report(trace, eps_model, t - 1, x, x0)
         return x
     ts = ddim_timesteps(eps_model.num_timesteps, ddim_steps, t_star)
     check_timesteps(ts[0], eps_model.num_timesteps)
@@ -198,6 +273,7 @@ def sample_uniform(
     n_extra = 1 if eta > 0 else 0
     for t, s in zip(ts[:-1], ts[1:]):
         x = _run_step(functools.partial(_ddim_step, eps_model, t, s, eta), x, n_extra, noise, use_checkpoint)
+        _report(trace, eps_model, s, x, x0)
     return x
 
 

@@ -43,7 +43,7 @@ from .devices import check_timesteps
 from .errors import ConfigError, HetpureError
 from .models.base import EpsModel
 from .purify import PurifiedClassifier, Purifier
-from .sampling import _run_step
+from .sampling import ReverseState, Trace, _run_step, active_trace
 from .schedule import NoiseFn, NoiseSchedule, q_sample
 
 INSTALL_SDE = "pip install 'hetpure[sde]'"
@@ -152,13 +152,15 @@ def _em_step(eps_model: EpsModel, sde: VPSDE, t: float, h: float, x: Tensor, z: 
 
 def sample_diffpure(
     eps_model: EpsModel, x0: Tensor, *, t_star: float, sde_steps: int = 100, noise: NoiseFn = torch.randn_like,
-    use_checkpoint: bool = False,
+    use_checkpoint: bool = False, trace: Trace | None = None,
 ) -> Tensor:
     """DiffPure's purification on the diffusion scale: x ← q(x_{n−1} | x_0) (DDPM eq. 4 with the model's discrete
     ᾱ, as DiffPure's code does), then ``sde_steps`` Euler–Maruyama steps of DiffPure's reverse VP-SDE
     from n/T to t_end = 1e-5.
 
-    One ε-model call per step; each step's z is drawn before the step (checkpointing replays it).
+    One ε-model call per step; each step's z is drawn before the step (checkpointing replays it). ``trace``
+    (default: :func:`hetpure.sampling.active_trace`) sees the state after every step, at continuous time t − h
+    with the VP-SDE's ᾱ(t − h).
     """
     T = eps_model.num_timesteps
     sde = VPSDE.from_schedule(eps_model.schedule)
@@ -167,8 +169,11 @@ def sample_diffpure(
     x = q_sample(eps_model.schedule, x0, n - 1, noise)
     t_start = n / T
     h = step_size(t_start, sde_steps)
+    trace = active_trace(trace)
     for t in solver_times(t_start, sde_steps):
         x = _run_step(functools.partial(_em_step, eps_model, sde, t, h), x, 1, noise, use_checkpoint)
+        if trace is not None:
+            trace(ReverseState(t - h, sde.alpha_bar(t - h), x, x0))
     return x
 
 
@@ -266,7 +271,11 @@ def sample_diffpure_adjoint(
     """:func:`sample_diffpure` solved by ``torchsde.sdeint_adjoint`` (method ``euler``, torchsde's default
     adjoint method, Milstein, as DiffPure calls it): the same draws in the same order, hence the same forward
     pass; the backward pass solves the adjoint SDE (Li et al. 2020) backwards in time, reconstructing
-    x_t by re-solving the reverse SDE rather than storing it, so its gradient is approximate."""
+    x_t by re-solving the reverse SDE rather than storing it, so its gradient is approximate. It keeps no
+    intermediate states to show, so it refuses an active :func:`hetpure.sampling.tracing` observer."""
+    if active_trace() is not None:
+        raise ConfigError("the adjoint SDE solve keeps no intermediate reverse states, which this attack reads "
+                          "(DiffAttack's deviated-reconstruction loss); fix: --set attack.gradient=exact")
     torchsde = _torchsde()
     T = eps_model.num_timesteps
     sde = VPSDE.from_schedule(eps_model.schedule)
