@@ -1,7 +1,7 @@
 """hetpure: diffusion-based adversarial purification with heterogeneous noise."""
 
 from .data import load_dataset
-from .errors import CheckpointError, ConfigError, HetpureError
+from .errors import CheckpointError, ConfigError, HetpureError, InputError, InputTypeError
 from .gdmp import GDMPPurifier
 from .mask import ActivationRecorder, binarize, energy_map
 from .models import AdmEps, DiffusersEps, EpsModel, NcsnppEps, load_eps_model
@@ -35,6 +35,8 @@ __all__ = [
     "GDMPPurifier",
     "HeterogeneousPurifier",
     "HetpureError",
+    "InputError",
+    "InputTypeError",
     "NcsnppEps",
     "NoiseSchedule",
     "PurifiedClassifier",

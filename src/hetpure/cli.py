@@ -12,17 +12,17 @@ from .errors import HetpureError
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
-    import yaml
+    """The config file as a mapping; a key written twice, or YAML 1.1's yes/no/on/off, are not read silently
+    (see :mod:`hetpure.yamlio`)."""
+    from .errors import describe_missing
+    from .yamlio import load_yaml
 
     file = Path(path)
     if not file.exists():
-        raise HetpureError(f"config file {path} does not exist")
+        raise HetpureError(f"config file {path} {describe_missing(file)}")
     if file.is_dir():
         raise HetpureError(f"{path} is a folder; give the YAML config file (e.g. configs/cifar10-hetero.yaml)")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise HetpureError(f"{path} is not valid YAML: {exc}") from exc
+    data = load_yaml(file.read_text(), path)
     if not isinstance(data, dict):
         raise HetpureError(f"{path} must hold a mapping of sections (data, classifier, diffusion, ...)")
     return data

@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .devices import draw_device
-from .errors import ConfigError, HetpureError
+from .errors import ConfigError, HetpureError, InputError
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
     """The submodules of ``model`` named ``names`` (as in ``named_modules()``); a clear error listing close
     names for an unknown one, and for a string or an empty list instead of a list of names."""
     if isinstance(names, str):
-        raise HetpureError(f"mask layers must be a list of module names, got the string {names!r}; use [{names!r}]")
+        raise InputError(f"mask layers must be a list of module names, got the string {names!r}; use [{names!r}]")
     modules = dict(model.named_modules())
     found = []
     for name in names:
@@ -34,13 +34,13 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
             close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
             hint = f" Close names: {', '.join(close)}." if close else ""
             some = ", ".join(candidates[:8]) + (", ..." if len(candidates) > 8 else "")
-            raise HetpureError(
+            raise InputError(
                 f"the classifier {type(model).__name__} has no layer {name!r} to compute the mask from.{hint} "
                 f"Names are as in model.named_modules(), e.g. {some}"
             )
         found.append(modules[name])
     if not found:
-        raise HetpureError("mask_layers is empty: name at least one classifier layer")
+        raise InputError("mask_layers is empty: name at least one classifier layer")
     return found
 
 

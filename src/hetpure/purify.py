@@ -16,7 +16,7 @@ from .checks import check_images, check_mask
 from .checks import check_logit_batch as _check_logits
 from .config import MASK_SOURCES, METHODS, PurifyConfig
 from .devices import check_gradient_precision, chunks, default_noise, device_generator
-from .errors import ConfigError, HetpureError
+from .errors import ConfigError, InputError, InputTypeError
 from .mask import binarize, energy_map, gradcam_map, graded_weights, random_mask_like
 from .models.base import EpsModel
 from .sampling import (
@@ -75,12 +75,12 @@ class Purifier(nn.Module):
     def __init__(self, eps_model: EpsModel, classifier: nn.Module, config: PurifyConfig | None = None) -> None:
         super().__init__()
         if not isinstance(eps_model, EpsModel):
-            raise HetpureError(
+            raise InputTypeError(
                 "eps_model must be a hetpure EpsModel (e.g. hetpure.DiffusersEps(unet) or "
                 f"hetpure.load_eps_model(...)), got {type(eps_model).__name__}"
             )
         if not isinstance(classifier, nn.Module):
-            raise HetpureError(f"classifier must be a torch nn.Module, got {type(classifier).__name__}")
+            raise InputTypeError(f"classifier must be a torch nn.Module, got {type(classifier).__name__}")
         self.eps_model = eps_model
         self.classifier = classifier
         self.config = self._validated(config or PurifyConfig())
@@ -114,7 +114,7 @@ class Purifier(nn.Module):
         size = self.eps_model.image_size
         if size is not None and tuple(x.shape[-2:]) != (size, size):
             if not self.config.resize:
-                raise HetpureError(
+                raise InputError(
                     f"images are {tuple(x.shape[-2:])} but the diffusion model works at {size}x{size}; "
                     "resize them, or pass PurifyConfig(resize=True) to resize for diffusion and back"
                 )
@@ -196,7 +196,8 @@ class Purifier(nn.Module):
                 lev = None if levels is None else self._resize_map(levels[rows], x0)
                 self.eps_model.begin_purification()
                 out = self._sample(x0, x[rows], noise_fn, self._steps(None), False, lev)
-                logits = _check_logits(self.classifier(self._from_diffusion(out, size)), x[rows])
+                logits = _check_logits(self.classifier(self._from_diffusion(out, size)), x[rows],
+                                       f"{len(rows)} purified images (part of {runs} runs × {x.shape[0]} images)")
                 labels.append(logits.argmax(1))
                 num_classes = logits.shape[1]
         return torch.cat(labels).view(runs, x.shape[0]), num_classes
@@ -253,7 +254,7 @@ class HeterogeneousPurifier(Purifier):
         super().__init__(eps_model, classifier, config)
         layers = mask_layers if mask_layers is not None else getattr(classifier, "mask_layers", None)
         if layers is None and self.config.mask_source in ("energy", "gradcam", "random"):
-            raise HetpureError(
+            raise InputError(
                 "name the classifier layers for the mask: mask_layers=[...] (e.g. the last block of each stage), "
                 "or give the classifier a mask_layers attribute"
             )
@@ -357,4 +358,5 @@ class PurifiedClassifier(nn.Module):
         generator = device_generator(self.generator, x.device)
         pure = [self.purifier.purify(part, generator=generator, ddim_steps=self.ddim_steps,
                                      use_checkpoint=self.use_checkpoint) for part in chunks(x, self.max_batch)]
-        return _check_logits(self.purifier.classifier(pure[0] if len(pure) == 1 else torch.cat(pure)), x)
+        return _check_logits(self.purifier.classifier(pure[0] if len(pure) == 1 else torch.cat(pure)), x,
+                             finite=False)

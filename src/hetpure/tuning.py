@@ -65,7 +65,7 @@ def parse_grid(items: Sequence[str], reserved: dict[str, str] | None = None) -> 
     """Parse ``SECTION.KEY=V1,V2,…`` items into ``{key: [values]}`` (values as YAML: numbers, null, text,
     ``{a: 1, b: 2}`` mappings). Unknown keys suggest the closest config keys; types are checked per point by
     :func:`validate_points`."""
-    import yaml
+    from .yamlio import load_yaml
 
     reserved = RESERVED if reserved is None else reserved
     grid: dict[str, list[Any]] = {}
@@ -80,8 +80,8 @@ def parse_grid(items: Sequence[str], reserved: dict[str, str] | None = None) -> 
         if key in grid:
             raise ConfigError(f"{where}: {key} is given twice; list all its values in one --grid")
         try:
-            values = yaml.safe_load(f"[{raw}]")
-        except yaml.YAMLError as exc:
+            values = load_yaml(f"[{raw}]", where)  # only true/false are booleans; a doubled key is refused
+        except ConfigError as exc:
             raise ConfigError(f"{where}: the values are not a comma-separated YAML list ({exc})") from exc
         if not values:
             raise ConfigError(f"{where}: no values; e.g. --grid {key}=V1,V2")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..config import PurifyConfig
 from ..errors import ConfigError
+from ..yamlio import YAML11_BOOLEANS
 from .identity import expand_path
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -154,9 +155,10 @@ def _message(section: str, err: dict[str, Any]) -> str:
     value, kind = err.get("input"), err["type"]
     shown = "nothing" if value is None else repr(value)
     if kind == "bool_type":
-        return (f"{loc} must be the boolean true or false, got {shown}"
-                f"{' (a string: quotes make YAML text)' if isinstance(value, str) else ''}; "
-                f"fix: --set {loc}=true (or false)")
+        yaml11 = isinstance(value, str) and value.strip().lower() in YAML11_BOOLEANS
+        why = (" (YAML 1.1's yes/no/on/off are text here: only true and false are booleans)" if yaml11
+               else " (a string: quotes make YAML text)" if isinstance(value, str) else "")
+        return f"{loc} must be the boolean true or false, got {shown}{why}; fix: --set {loc}=true (or false)"
     if kind == "int_type":
         return f"{loc} must be a whole number, got {shown}; fix: --set {loc}=<integer>"
     if kind == "float_type":
@@ -219,8 +221,9 @@ PATH_KEYS = (("data", "root"), ("classifier", "path"), ("diffusion", "path"), ("
 
 
 def parse_set(assignments: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Parse ``section.key=value`` overrides (values as YAML scalars) into a nested dict."""
-    import yaml
+    """Parse ``section.key=value`` overrides (values as YAML scalars, read by :func:`hetpure.yamlio.load_yaml`:
+    only ``true``/``false`` are booleans, a key written twice in a mapping value is refused) into a nested dict."""
+    from ..yamlio import load_yaml
 
     out: dict[str, dict[str, Any]] = {}
     for item in assignments:
@@ -228,10 +231,7 @@ def parse_set(assignments: Iterable[str]) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
         dotted, raw = item.split("=", 1)
         section, key = dotted.split(".", 1)
-        try:
-            out.setdefault(section, {})[key] = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item}: the value is not a YAML scalar or mapping ({exc})") from exc
+        out.setdefault(section, {})[key] = load_yaml(raw, f"--set {item}") if raw != "" else None
     return out
 
 

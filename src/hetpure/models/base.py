@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..errors import HetpureError
+from ..errors import InputError
 from ..schedule import NoiseSchedule
 
 
@@ -51,12 +51,12 @@ class EpsModel(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor | float | int) -> Tensor:
         if x_t.dim() != 4 or x_t.shape[1] != self.in_channels:
-            raise HetpureError(
+            raise InputError(
                 f"the ε-model expects (B, {self.in_channels}, H, W) inputs, got shape {tuple(x_t.shape)}"
             )
         if not torch.is_tensor(t):
             if not 0 <= float(t) < self.num_timesteps:  # a Python number: checked without a device sync
-                raise HetpureError(f"timesteps must lie in [0, {self.num_timesteps}), got {t}")
+                raise InputError(f"timesteps must lie in [0, {self.num_timesteps}), got {t}")
             t = torch.full((x_t.shape[0],), float(t), device=x_t.device)
         elif t.dim() == 0:
             t = t.expand(x_t.shape[0])

@@ -7,7 +7,9 @@ Rules (also in ``docs/models-and-data.md``):
 * ``.pt`` / ``.pth`` / ``.th`` / ``.bin`` / ``.ckpt`` files are read with ``torch.load(weights_only=True)``,
   which only rebuilds tensors, containers and plain Python values. A file that needs full unpickling
   (it references arbitrary classes or functions) is refused with :class:`~hetpure.errors.CheckpointError`
-  unless ``trust_pickle=True``: unpickling can run any code the file's author chose.
+  unless ``trust_pickle=True``: unpickling can run any code the file's author chose. Only the boolean
+  ``True`` allows it: any other value that is not ``False`` (``"false"``, ``"no"``, ``1``, ``None``) is an
+  :class:`~hetpure.errors.InputTypeError` (a ``TypeError``), raised before the file is opened.
 * Common wrappers are unwrapped (see :func:`load_state_dict_file`); prefixes such as ``module.`` are
   stripped by :func:`load_into` when that makes the keys match the module.
 """
@@ -28,11 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputTypeError, describe_missing
 
 __all__ = [
     "PICKLE_SUFFIXES",
     "WRAPPER_KEYS",
+    "check_trust_pickle",
     "load_ema_shadow_params",
     "load_into",
     "load_state_dict_file",
@@ -70,12 +73,39 @@ def _looks_like_torch_file(path: Path) -> bool:
         return f.read(1) == b"\x80"  # pickle protocol 2+ opcode
 
 
+def check_trust_pickle(value: object, name: str = "trust_pickle") -> bool:
+    """``value`` if it is the boolean ``True`` or ``False``; anything else is an :class:`InputTypeError`.
+
+    Truthiness is not enough: ``trust_pickle="false"`` (a string) is truthy, and full unpickling runs the
+    file's code, so only the boolean ``True`` may allow it.
+
+    Example:
+        >>> from hetpure.models.checkpoint import check_trust_pickle
+        >>> check_trust_pickle(False)
+        False
+        >>> check_trust_pickle("no")
+        Traceback (most recent call last):
+            ...
+        hetpure.errors.InputTypeError: trust_pickle must be the boolean True or False, got 'no' (type str); ...
+    """
+    if value is True or value is False:
+        return value
+    raise InputTypeError(
+        f"{name} must be the boolean True or False, got {value!r} (type {type(value).__name__}); full unpickling "
+        f"runs the file's code, so only {name}=True allows it. Fix: pass {name}=False, or {name}=True only "
+        "for a file from a source you trust"
+    )
+
+
 def _check_path(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
-        raise CheckpointError(
-            f"checkpoint file not found: {p}. Check the path (or download the weights first)."
-        )
+        why = describe_missing(p)
+        if why == "does not exist":
+            raise CheckpointError(
+                f"checkpoint file not found: {p}. Check the path (or download the weights first)."
+            )
+        raise CheckpointError(f"checkpoint file {p} {why}")
     if p.is_dir():
         raise CheckpointError(
             f"checkpoint path {p} is a folder; pass the weights file inside it "
@@ -85,11 +115,12 @@ def _check_path(path: str | Path) -> Path:
 
 
 def _torch_load(p: Path, trust_pickle: bool) -> Any:
-    """``torch.load`` with ``weights_only=True``; full unpickling only when explicitly trusted."""
+    """``torch.load`` with ``weights_only=True``; full unpickling only when ``trust_pickle`` is the boolean True."""
+    trusted = check_trust_pickle(trust_pickle)
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if not trust_pickle:
+        if trusted is not True:
             found = re.search(r"GLOBAL ([\w.]+)", str(exc))
             detail = f": it references {found.group(1)}" if found else ""
             raise CheckpointError(
@@ -97,7 +128,8 @@ def _torch_load(p: Path, trust_pickle: bool) -> Any:
                 f"(torch.load(weights_only=True) failed{detail}). "
                 "Unpickling such a file can run arbitrary code chosen by whoever made it. "
                 "Convert it to safetensors, or, only if you trust its source, pass trust_pickle=True "
-                "(CLI: --trust-pickle)."
+                "(CLI: --set classifier.trust_pickle=true for the classifier's weights, "
+                "--set diffusion.trust_pickle=true for the diffusion model's)."
             ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"could not read checkpoint {p} as a torch file: {exc}") from exc
@@ -188,7 +220,9 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False,
 
     Raises:
         CheckpointError: missing file, unreadable or unsafe file, or no state dict inside.
+        InputTypeError: ``trust_pickle`` is not a boolean (checked before the file is opened).
     """
+    check_trust_pickle(trust_pickle)
     p = _check_path(path)
     if _looks_like_safetensors(p):
         from safetensors import SafetensorError
@@ -219,6 +253,7 @@ def load_ema_shadow_params(module: nn.Module, path: str | Path, trust_pickle: bo
     The shadow parameters are a list in ``module.parameters()`` order; their count and every shape must
     match, else :class:`CheckpointError` (nothing is copied then).
     """
+    check_trust_pickle(trust_pickle)
     p = _check_path(path)
     obj = _torch_load(p, trust_pickle)
     ema = obj.get("ema") if isinstance(obj, Mapping) else None

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..errors import HetpureError
 from ..mask import resolve_layers
-from .checkpoint import load_into, load_state_dict_file
+from .checkpoint import check_trust_pickle, load_into, load_state_dict_file
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -222,6 +222,7 @@ def check_logits(classifier: nn.Module, x: Tensor, num_classes: int | None = Non
 
 
 def _load_weights(model: nn.Module, path: Path | None, trust_pickle: bool) -> nn.Module:
+    check_trust_pickle(trust_pickle)
     if path is not None:
         load_into(model, load_state_dict_file(path, trust_pickle=trust_pickle), strict=True)
     return model

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, HetpureError
+from ..errors import ConfigError, HetpureError, describe_missing
 from .adm import AdmConfig, AdmEps, AdmUNet
 from .base import EpsModel
-from .checkpoint import load_ema_shadow_params, load_into, read_checkpoint
+from .checkpoint import check_trust_pickle, load_ema_shadow_params, load_into, read_checkpoint
 from .diffusers_eps import DiffusersEps
 from .ncsnpp import NCSNpp, NcsnppConfig, NcsnppEps
 
@@ -85,22 +85,36 @@ def _read_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any
         raise ConfigError(f"config must be a dict or a path to a JSON/YAML file, got {type(config).__name__}")
     p = Path(config).expanduser()
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist; pass a dict or the path of a JSON/YAML config")
+        why = "is a folder" if p.is_dir() else describe_missing(p)
+        raise ConfigError(f"config file {p} {why}; pass a dict or the path of a JSON/YAML config")
     text = p.read_text()
-    try:
-        if p.suffix.lower() in (".yml", ".yaml"):
-            import yaml
+    if p.suffix.lower() in (".yml", ".yaml"):
+        from ..yamlio import load_yaml
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # json and yaml raise different types
-        raise ConfigError(f"could not parse config file {p}: {exc}") from exc
+        data = load_yaml(text, str(p))  # a key written twice is refused, not silently dropped
+    else:
+        try:
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, p))
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"could not parse config file {p}: {exc}") from exc
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {p} must hold a mapping, got {type(data).__name__}")
     if "architecture" in data and isinstance(data.get("config"), Mapping):
         data = data["config"]  # a hetpure fixture manifest or sidecar
     return dict(data)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], source: Path) -> dict[str, Any]:
+    """A JSON object's members as a dict; a key written twice is a :class:`ConfigError` (json keeps the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"config file {source}: key {key!r} is written twice in one object; json would keep "
+                              "only the last one and silently drop the other. Fix: write it once")
+        out[key] = value
+    return out
 
 
 def _build_net(kind: str, config: Mapping[str, Any] | str | Path | None) -> tuple[type[nn.Module], Any]:
@@ -202,7 +216,8 @@ def load_eps_model(
         device: where to put the network (default CPU). Weights are copied straight into a network
             allocated there, so a CUDA model never needs a second CPU copy of itself.
         trust_pickle: allow full unpickling of a torch file that ``weights_only=True`` cannot read. This
-            can execute code chosen by the file's author: only for files from a source you trust.
+            can execute code chosen by the file's author: only for files from a source you trust. Only the
+            boolean ``True`` allows it; another value that is not ``False`` is an ``InputTypeError``.
         use_ema: for score_sde checkpoints, load the EMA ``shadow_params`` (what DiffPure uses) rather
             than the raw ``model`` weights.
 
@@ -223,6 +238,7 @@ def load_eps_model(
         ('diffusers', 28)
         >>> eps = hetpure.load_eps_model("ncsnpp", "checkpoint_8.pth")  # doctest: +SKIP
     """
+    check_trust_pickle(trust_pickle)  # before anything: only the boolean True may allow unpickling
     k = _check_kind(kind)
     torch_dtype = resolve_dtype(dtype)
     if k == "diffusers":

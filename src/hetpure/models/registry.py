@@ -18,6 +18,7 @@ from typing import TypeVar
 from torch import nn
 
 from ..errors import ConfigError, HetpureError
+from .checkpoint import check_trust_pickle
 from .spec import ClassifierSpec
 from .zoo import ZOO
 
@@ -88,7 +89,8 @@ def load_classifier(
             the network is randomly initialised (``model.weights_source is None``), unless a factory option
             fetches weights (``wrn28_10(from_robustbench=True)``, ``resnet50(weights="DEFAULT")``).
         trust_pickle: allow full unpickling of a torch checkpoint (runs code from the file; see
-            :func:`hetpure.load_state_dict_file`).
+            :func:`hetpure.load_state_dict_file`). Only the boolean ``True`` allows it; another value that is
+            not ``False`` (``"false"``, ``1``) is an :class:`~hetpure.errors.InputTypeError`.
         **kw: architecture options of that classifier (e.g. ``depth=16, widen_factor=1``).
 
     Returns:
@@ -101,6 +103,7 @@ def load_classifier(
         (['layer1', 'layer2', 'layer3'], None)
         >>> clf = hetpure.load_classifier("cifar_resnet20", "resnet20.safetensors")  # doctest: +SKIP
     """
+    check_trust_pickle(trust_pickle)  # before anything: only the boolean True may allow unpickling
     spec = describe_classifier(name)
     params = inspect.signature(spec.factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
