@@ -221,8 +221,9 @@ def test_transfer_evaluation_attacks_one_pipeline_and_scores_another(assets: Pat
     assert summary["eps_calls"]["attack_per_forward_pass"] == 2  # heterogeneous at S = 10, not uniform's 1
     assert summary["eps_calls"]["defence_per_purification"] == 2
     lines = (out / "summary.md").read_text().splitlines()
-    assert lines[2].startswith("**Transfer evaluation")
-    assert "attacked: heterogeneous t_s 0.1 / t_l 0.2" in lines[4] and "evaluated: uniform t* = 0.1" in lines[5]
+    assert lines[2].startswith("Counting: robust = clean evaluation correct")  # the counting rules come first
+    assert lines[4].startswith("**Transfer evaluation")
+    assert "attacked: heterogeneous t_s 0.1 / t_l 0.2" in lines[6] and "evaluated: uniform t* = 0.1" in lines[7]
     assert summary["settings_hash"] != json.loads((tmp_path / "uni" / "config.json").read_text())["settings_hash"]
 
 

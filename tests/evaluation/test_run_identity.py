@@ -136,12 +136,17 @@ KEEPS_NUMBERS: list[tuple[str, str, Any]] = [
     ("run", "dist_timeout_minutes", 30.0),  # a barrier timeout of multi-process runs
     ("attack", "checkpoint", "always"),  # checkpointing replays the same noise: bit-identical gradients
     ("attack", "memory_budget_gb", 1.0),
+    ("run", "save_adversarial", False),  # only whether x_adv is kept
+    ("run", "eot_diagnostic", False),  # its own random stream
+    ("run", "ties", "lowest"),  # a single attack: a counting rule of the summary (an ensemble's identity holds it)
+    ("run", "ensemble", "all"),  # a single attack has no later attack to choose images for
 ]
 
 # Not pinned either way: they do not change a number, but whether the identity holds them is a policy
 # choice (run.device: the device type is to join the identity; the trust and download flags only permit
 # loading).
-UNPINNED = {("run", "device"), ("data", "download"), ("classifier", "trust_pickle"), ("diffusion", "trust_pickle")}
+UNPINNED = {("data", "survivors_of"),  # replaced by the source runs' hashes (tests/evaluation/test_counting.py)
+            ("run", "device"), ("data", "download"), ("classifier", "trust_pickle"), ("diffusion", "trust_pickle")}
 
 
 def resolve_value(value: Any, files: dict[str, Path]) -> Any:

@@ -56,7 +56,11 @@ def build_dataset(cfg: dict[str, Any]) -> Any:
     names = model_class_names(cfg["classifier"]["name"])
     if d["name"] == "imagefolder" and names is not None and "class_names" not in extra:
         extra["class_names"] = names  # label folders by the model's class names, not sorted position
-    return load_dataset(d["name"], root=d["root"], split=d["split"], n=d["n"], seed=d["seed"], **extra)
+    dataset = load_dataset(d["name"], root=d["root"], split=d["split"], **extra)
+    if d["n"] is not None and d["n"] > len(dataset):
+        raise ConfigError(f"data.n is {d['n']} but the {d['name']} {d['split']!r} split has only {len(dataset)} "
+                          f"images; fix: --set data.n={len(dataset)} or --set data.n=null (all of them)")
+    return dataset if d["n"] is None else dataset.subset(d["n"], d["seed"])
 
 
 def model_class_names(classifier: str) -> list[str] | None:
@@ -68,17 +72,40 @@ def model_class_names(classifier: str) -> list[str] | None:
     return {"cifar10": CIFAR10_CLASSES, "mnist": MNIST_CLASSES}.get(label_set or "")
 
 
+def _image_shapes(dataset: Any) -> dict[tuple[int, ...], list[str]]:
+    """Shape → files of every selected item: from the files' headers when the dataset can say (image folders,
+    which also decode each file once), else the first item's shape (in-memory arrays: one shape)."""
+    probe = getattr(dataset, "image_shapes", None)
+    if callable(probe):
+        return probe()
+    return {tuple(torch.as_tensor(dataset[0][0]).shape): ["item 0"]}
+
+
 def check_input_size(cfg: dict[str, Any], dataset: Any) -> None:
-    """Refuse data whose image size is not the one the classifier's weights expect (before any model is
-    loaded). A classifier without weights (``classifier.path`` null, random init) expects nothing."""
+    """Refuse, before any model is loaded, data whose images are not all one size (each file's size read from
+    its header, each file decoded once: a corrupt one is named now, not after earlier batches were recorded),
+    or whose size is not the one the classifier's weights expect. A classifier without weights
+    (``classifier.path`` null, random init) expects no size, but its images must still share one."""
     from ..models.registry import describe_classifier
 
-    if cfg["classifier"]["path"] is None:
-        return
-
+    shapes = _image_shapes(dataset)
     expected = describe_classifier(cfg["classifier"]["name"]).input_shape
-    shape = tuple(torch.as_tensor(dataset[0][0]).shape)
-    if expected is not None and shape != tuple(expected):
+    expected = tuple(expected) if expected is not None and cfg["classifier"]["path"] is not None else None
+    if len(shapes) > 1:
+        common = max(shapes, key=lambda s: len(shapes[s]))
+        target = expected if expected is not None else common
+        odd = [(s, f) for s, files in shapes.items() if s != target for f in files]
+        c, h, w = target
+        shown = ", ".join(f"{f} is {'×'.join(map(str, s))}" for s, f in odd[:3])
+        more = f" (and {len(odd) - 3} more)" if len(odd) > 3 else ""
+        mode = f", mode: {'L' if c == 1 else 'RGB'}" if any(s[0] != c for s, _ in odd) else ""
+        raise ConfigError(
+            f"the data's images are not all one size: {shown}{more}, but {len(shapes.get(target, []))} are "
+            f"{c}×{h}×{w}; fix: --set 'data.options={{resize: [{h}, {w}]{mode}}}' (every image resized to "
+            f"{h}×{w}), or remove the odd files"
+        )
+    shape = next(iter(shapes))
+    if expected is not None and shape != expected:
         c, h, w = expected
         mode = f", mode: {'L' if c == 1 else 'RGB'}" if shape[0] != c else ""
         raise ConfigError(
@@ -112,10 +139,11 @@ def build_components(cfg: dict[str, Any], device: torch.device) -> tuple[Any, nn
 
 
 def attacked_purifier(cfg: dict[str, Any], classifier: nn.Module, purifier: Purifier | None,
-                      device: torch.device) -> Purifier | None:
-    """The purifier the attack differentiates: ``purifier`` itself unless ``attack.through`` names another
-    pipeline (a transfer evaluation: craft the examples on one defence, score them on another)."""
-    through = cfg["attack"]["through"]
+                      device: torch.device, section: dict[str, Any] | None = None) -> Purifier | None:
+    """The purifier an attack differentiates: ``purifier`` itself unless its ``through`` names another
+    pipeline (a transfer evaluation: craft the examples on one defence, score them on another). ``section``:
+    one attack section of an ensemble (default: the config's single ``attack``)."""
+    through = (section if section is not None else cfg["attack"])["through"]
     if through is None:
         return purifier
     if through["method"] == "none":

@@ -32,9 +32,11 @@ class DataSection(BaseModel):
     root: str | None = Field(None, description="folder of the data (`$HETPURE_SHARED/…` allowed)")
     split: str = Field("test", description="split folder or name")
     n: int | None = Field(None, ge=1, description="a seeded random subset of n images (all when null)")
-    seed: int = Field(0, description="seed of the subset draw")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the subset draw")
     download: bool = Field(False, description="fetch the dataset when missing (needs the internet)")
     options: dict[str, Any] | None = Field(None, description="dataset keyword options (resize, mode, …)")
+    survivors_of: list[str] | None = Field(
+        None, description="attack only the images still robust in every listed run folder (same data and defence)")
 
 
 class ClassifierSection(BaseModel):
@@ -122,7 +124,7 @@ class RunSection(BaseModel):
     model_config = _STRICT
     batch_size: int = Field(16, ge=1, description="images per batch (one records append each)")
     device: str = Field("cpu", description="cpu, cuda, cuda:1, …")
-    seed: int = Field(0, description="seed of every random stream")
+    seed: int = Field(0, ge=-(2**63), le=2**64 - 1, description="seed of every random stream")
     out: str = Field("runs/eval", description="output folder")
     worst_case_k: int = Field(10, ge=1, description="K defended evaluations of each adversarial image")
     save_images: bool = Field(True, description="write examples.png")
@@ -130,6 +132,12 @@ class RunSection(BaseModel):
     sanity_n: int = Field(16, ge=1, description="probe images of the sanity checks")
     strict: bool = Field(False, description="fail when a sanity check fails")
     progress: bool = Field(True, description="progress bar")
+    ties: Literal["wrong", "lowest"] = Field(
+        "wrong", description="a majority vote whose top count the true label shares: wrong, or the lowest label")
+    ensemble: Literal["survivors", "all"] = Field(
+        "survivors", description="a list of attacks: each later attack runs on the images still robust, or on all")
+    save_adversarial: bool = Field(True, description="save each batch's x_adv (safetensors shards) for rescore")
+    eot_diagnostic: bool = Field(True, description="measure the agreement of two halves of the EOT gradient")
     dist_timeout_minutes: float | None = Field(
         None, gt=0, description="torchrun: barrier timeout (null: $HETPURE_DIST_TIMEOUT_MINUTES, else 1440)")
 
@@ -150,8 +158,11 @@ def suggest(word: str, choices: list[str]) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
-def _message(section: str, err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in (section, *err["loc"]))
+_RANGE_FIX = {"greater_than_equal": "ge", "less_than_equal": "le", "greater_than": "gt", "less_than": "lt"}
+
+
+def _message(section: str, err: dict[str, Any], label: str | None = None) -> str:
+    loc = ".".join(str(p) for p in (label or section, *err["loc"]))
     value, kind = err.get("input"), err["type"]
     shown = "nothing" if value is None else repr(value)
     if kind == "bool_type":
@@ -179,20 +190,47 @@ def _message(section: str, err: dict[str, Any]) -> str:
         return f"unknown key {loc}{suggest(str(err['loc'][-1]), allowed)}; allowed keys of {section}: {allowed}"
     if kind == "value_error":
         return f"{loc}: {err['msg'].removeprefix('Value error, ')}"
+    if kind in _RANGE_FIX:
+        bound = (err.get("ctx") or {}).get(_RANGE_FIX[kind])
+        fix = f"; fix: --set {loc}={bound}" if kind in ("greater_than_equal", "less_than_equal") else (
+            f"; fix: --set {loc}=<a value {'above' if kind == 'greater_than' else 'below'} {bound}>")
+        return f"{loc}: {err['msg'].replace('Input should be', 'must be')}, got {shown}{fix}"
     return f"{loc}: {err['msg'].replace('Input should be', 'must be')}, got {shown}"
 
 
-def validate_section(section: str, values: dict[str, Any]) -> dict[str, Any]:
-    """One section, validated and normalised; :class:`ConfigError` naming every bad key."""
+def validate_section(section: str, values: dict[str, Any], label: str | None = None) -> dict[str, Any]:
+    """One section, validated and normalised; :class:`ConfigError` naming every bad key (as ``label.key``)."""
     try:
         return SECTIONS[section].model_validate(values).model_dump()
     except ValidationError as exc:
-        raise ConfigError("; ".join(_message(section, e) for e in exc.errors())) from exc
+        raise ConfigError("; ".join(_message(section, e, label) for e in exc.errors())) from exc
 
 
 def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Validate every section of a merged config (see :func:`validate_section`)."""
-    return {section: validate_section(section, values) for section, values in cfg.items()}
+    """Validate every section of a merged config (see :func:`validate_section`); an ``attack`` list (an
+    ensemble) element by element, its keys named ``attack[j].key``."""
+    out: dict[str, Any] = {}
+    for section, values in cfg.items():
+        if section == "attack" and isinstance(values, list):
+            out[section] = [validate_section(section, v, f"attack[{j}]") for j, v in enumerate(values)]
+        else:
+            out[section] = validate_section(section, values)
+    return out
+
+
+def attack_sections(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attack sections of a resolved config in ensemble order: ``[attack]`` for a single attack mapping.
+
+    >>> attack_sections({"attack": {"name": "pgd"}}), len(attack_sections({"attack": [{"name": "pgd"}] * 2}))
+    ([{'name': 'pgd'}], 2)
+    """
+    a = cfg["attack"]
+    return list(a) if isinstance(a, list) else [a]
+
+
+def is_ensemble(cfg: dict[str, Any]) -> bool:
+    """Whether the config's ``attack`` is a list of attack sections (an ensemble run)."""
+    return isinstance(cfg["attack"], list)
 
 
 def _type_name(annotation: Any) -> str:
@@ -259,19 +297,17 @@ def resolve_config(config: dict[str, Any], overrides: dict[str, dict[str, Any]] 
                                   f"allowed: {sorted(DEFAULTS)}")
             if values is None:
                 continue
+            if section == "attack" and (isinstance(values, list) or isinstance(resolved["attack"], list)):
+                resolved["attack"] = _merge_attacks(resolved["attack"], values)
+                continue
             if not isinstance(values, dict):
                 raise ConfigError(f"config section {section!r} must be a mapping, got {type(values).__name__}")
-            for key, value in values.items():
-                if key not in DEFAULTS[section]:
-                    raise ConfigError(
-                        f"unknown key {section}.{key}{suggest(str(key), list(DEFAULTS[section]))}; "
-                        f"allowed keys of {section}: {sorted(DEFAULTS[section])}"
-                    )
-                resolved[section][key] = value
+            _merge_keys(resolved[section], section, values, section)
             if section == "defense" and "tau" in values and "top_p" not in values:
                 resolved["defense"]["top_p"] = None  # a later τ replaces an earlier top-p (which would win)
     resolved = validate_config(resolved)
-    resolved["attack"]["through"] = _resolve_through(resolved["attack"]["through"], resolved["defense"])
+    for a in attack_sections(resolved):
+        a["through"] = _resolve_through(a["through"], resolved["defense"])
     for section, key in PATH_KEYS:
         if isinstance(resolved[section][key], str):
             resolved[section][key] = expand_path(resolved[section][key])
@@ -279,6 +315,40 @@ def resolve_config(config: dict[str, Any], overrides: dict[str, dict[str, Any]] 
         resolved["run"]["out"] = expand_path(resolved["run"]["out"])
     _check_consistency(resolved)
     return resolved
+
+
+def _merge_keys(target: dict[str, Any], section: str, values: dict[str, Any], label: str) -> None:
+    for key, value in values.items():
+        if key not in DEFAULTS[section]:
+            raise ConfigError(
+                f"unknown key {label}.{key}{suggest(str(key), list(DEFAULTS[section]))}; "
+                f"allowed keys of {section}: {sorted(DEFAULTS[section])}"
+            )
+        target[key] = value
+
+
+def _merge_attacks(current: Any, values: Any) -> list[dict[str, Any]]:
+    """``attack`` given as a list (an ensemble: each element merged over the defaults), or a mapping merged over
+    every element of an earlier list (so ``--set attack.eot=8`` changes every attack of an ensemble)."""
+    if isinstance(values, list):
+        if not values:
+            raise ConfigError("attack is an empty list; give one attack mapping or a list of them, "
+                              "e.g. attack: [{name: pgd}, {name: apgd-dlr}]")
+        merged = []
+        for j, item in enumerate(values):
+            if not isinstance(item, dict):
+                raise ConfigError(f"attack[{j}] must be a mapping of attack keys (name, eps, …), "
+                                  f"got {type(item).__name__}")
+            element = copy.deepcopy(DEFAULTS["attack"])
+            _merge_keys(element, "attack", item, f"attack[{j}]")
+            merged.append(element)
+        return merged
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section 'attack' must be a mapping or a list of mappings, got "
+                          f"{type(values).__name__}")
+    for j, element in enumerate(current):
+        _merge_keys(element, "attack", values, f"attack[{j}]")
+    return current
 
 
 def _resolve_through(through: Any, defense: dict[str, Any]) -> dict[str, Any] | None:
@@ -312,7 +382,8 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     if not cfg["classifier"]["name"]:
         raise ConfigError("classifier.name is required (see `hetpure list classifiers`); "
                           "fix: --set classifier.name=cifar_resnet20")
-    for prefix, section in (("defense", cfg["defense"]), ("attack.through", cfg["attack"]["through"])):
+    throughs = [("attack.through", a["through"]) for a in attack_sections(cfg)]
+    for prefix, section in (("defense", cfg["defense"]), *throughs):
         method = None if section is None else section["method"]
         if method not in (None, "none") and not cfg["diffusion"]["path"]:
             raise ConfigError(f"diffusion.path is required for a purification pipeline ({prefix}.method {method}); "
@@ -331,11 +402,16 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
 
 def _check_adjoint(cfg: dict[str, Any]) -> None:
     """``attack.gradient: adjoint`` is DiffPure's adjoint SDE: only for an attacked diffpure pipeline, with torchsde."""
-    if cfg["attack"]["gradient"] != "adjoint":
+    for a in attack_sections(cfg):
+        _check_adjoint_one(a, cfg["defense"])
+
+
+def _check_adjoint_one(a: dict[str, Any], defense: dict[str, Any]) -> None:
+    if a["gradient"] != "adjoint":
         return
-    attacked = cfg["attack"]["through"] or cfg["defense"]
+    attacked = a["through"] or defense
     if attacked["method"] != "diffpure":
-        where = "attack.through" if cfg["attack"]["through"] else "defense"
+        where = "attack.through" if a["through"] else "defense"
         raise ConfigError(f"attack.gradient adjoint solves DiffPure's adjoint SDE, so it needs {where}.method "
                           f"diffpure (got {attacked['method']}); fix: --set attack.gradient=exact")
     import importlib.util

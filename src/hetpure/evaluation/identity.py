@@ -30,12 +30,16 @@ from torch import nn
 IDENTITY_FORMAT = 2
 #: Keys of each section that never change a number (paths, output, display, trust flags).
 NOT_IN_IDENTITY: dict[str, tuple[str, ...]] = {
-    "data": ("root", "n", "download"),
+    "data": ("root", "n", "download", "survivors_of"),  # survivors_of: the source runs' hashes instead
     "classifier": ("path", "trust_pickle"),
     "diffusion": ("path", "config", "trust_pickle"),
     "attack": ("checkpoint", "memory_budget_gb"),  # same gradients bit for bit, either way
-    "run": ("out", "progress", "save_images", "sanity", "sanity_n", "strict", "device", "dist_timeout_minutes"),
+    "run": ("out", "progress", "save_images", "sanity", "sanity_n", "strict", "device", "dist_timeout_minutes",
+            "save_adversarial", "eot_diagnostic"),
 }
+#: Run keys that enter the identity only of an ensemble run (``attack`` a list): they choose the images each later
+#: attack runs on. Counting rules applied by the summary (``run.ties`` for a single attack) change no record.
+ENSEMBLE_KEYS = ("ties", "ensemble")
 SHARED_VAR = "HETPURE_SHARED"
 #: Defence keys that only these methods read. Under any other method they cannot change a number, so a defence
 #: section (and ``attack.through``) leaves them out, which also keeps the identity of every run made before
@@ -184,15 +188,27 @@ def run_identity(cfg: dict[str, Any], data_fingerprint: str, classifier_digest: 
         if section == "preset":
             continue
         drop = NOT_IN_IDENTITY.get(section, ())
+        if isinstance(values, list):  # an attack ensemble: each section below
+            continue
         ident[section] = {k: v for k, v in values.items() if k not in drop}
     ident["defense"] = defense_identity(ident["defense"])
-    if ident["attack"].get("through") is None:
-        ident["attack"].pop("through", None)
-    else:
-        ident["attack"]["through"] = defense_identity(ident["attack"]["through"])
+    ensemble = isinstance(cfg["attack"], list)
+    sections = [dict(a) for a in cfg["attack"]] if ensemble else [ident["attack"]]
+    for a in sections:
+        for key in NOT_IN_IDENTITY["attack"]:
+            a.pop(key, None)
+        if a.get("through") is None:
+            a.pop("through", None)
+        else:
+            a["through"] = defense_identity(a["through"])
+    ident["attack"] = sections if ensemble else sections[0]
+    if not ensemble:  # a single attack: today's identity (ties and ensemble only choose whom later attacks run on)
+        for key in ENSEMBLE_KEYS:
+            ident["run"].pop(key, None)
     ident["data"]["fingerprint"] = data_fingerprint
     ident["classifier"]["digest"] = classifier_digest
-    if cfg["defense"]["method"] == "none" and (cfg["attack"].get("through") or {}).get("method", "none") == "none":
+    throughs = [a.get("through") or {} for a in (cfg["attack"] if ensemble else [cfg["attack"]])]
+    if cfg["defense"]["method"] == "none" and all(t.get("method", "none") == "none" for t in throughs):
         ident.pop("diffusion")  # no purification anywhere: the diffusion model cannot change a number
     else:
         ident["diffusion"]["digest"] = diffusion_digest

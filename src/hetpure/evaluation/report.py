@@ -16,9 +16,10 @@ import torch
 from ..gdmp import gdmp_eps_calls
 from ..sampling import eps_calls
 from ..sde import diffpure_eps_calls
-from .config import purify_config
+from .config import attack_sections, is_ensemble, purify_config
+from .counting import RULES, accuracies, outcomes
+from .diagnostics import read_diagnostic
 from .identity import portable_config
-from .stats import wilson_interval
 
 
 def describe_pipeline(defense: dict[str, Any], ddim_steps: int | None = None) -> str:
@@ -44,13 +45,13 @@ def describe_pipeline(defense: dict[str, Any], ddim_steps: int | None = None) ->
             f"U {defense['resample_steps']}, S = {steps}")
 
 
-def running_postfix(records: Iterable[dict[str, Any]]) -> dict[str, str]:
+def running_postfix(records: Iterable[dict[str, Any]], ties: str = "wrong") -> dict[str, str]:
+    """The progress bar's running n, clean and robust accuracy (the counting rules of the summary)."""
     rs = list(records)
     if not rs:
         return {}
-    clean = sum(r["clean_prediction"] == r["label"] for r in rs) / len(rs)
-    robust = sum(r["adversarial_prediction"] == r["label"] for r in rs) / len(rs)
-    return {"n": str(len(rs)), "clean": f"{clean:.3f}", "robust": f"{robust:.3f}"}
+    acc = accuracies(rs, ties)
+    return {"n": str(len(rs)), "clean": f"{acc['clean_accuracy']:.3f}", "robust": f"{acc['robust_accuracy']:.3f}"}
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
@@ -78,45 +79,64 @@ def pipeline_calls(defense: dict[str, Any], num_timesteps: int, ddim_steps: int 
     return eps_calls(config, num_timesteps, uniform=defense["method"] == "uniform")
 
 
+def attack_cost(a: dict[str, Any], defense: dict[str, Any], num_timesteps: int,
+                passes: int | None) -> dict[str, Any]:
+    """ε-calls of one attack section: per forward pass through the attacked pipeline and per attacked image."""
+    through = a["through"] or defense
+    attacked_steps = a["surrogate_ddim_steps"] if a["gradient"] == "surrogate" else None
+    calls = 0 if a["gradient"] == "bpda" else pipeline_calls(through, num_timesteps, attacked_steps)
+    if passes is None:  # records of hetpure 0.1: the nominal count
+        passes = 0 if a["name"] == "none" else (1 if a["name"] == "fgsm" else a["steps"]) * a["eot"]
+    return {"attack_per_forward_pass": calls, "attack_per_image": calls * passes, "forward_passes": passes,
+            "attack_gradient": a["gradient"] if through["method"] != "none" else "classifier",
+            "pipeline": describe_pipeline(through, attacked_steps if through["method"] != "none" else None)}
+
+
+def _attack_passes(records: list[dict[str, Any]], j: int, single: bool) -> int | None:
+    """Forward passes per attacked image of attack ``j`` (the largest recorded), None when not recorded."""
+    if single:
+        counted = [r["attack_forward_passes"] for r in records if "attack_forward_passes" in r]
+    else:
+        counted = [o["forward_passes"] for r in records for o in outcomes(r)[j: j + 1] if o.get("attacked")]
+    return max(counted) if counted else None
+
+
 def summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], stats: dict[str, Any],
                sanity_report: dict[str, Any] | None, device: torch.device, out: Path,
                num_timesteps: int = 1000) -> dict[str, Any]:
+    """The summary of a run's records under the counting rules of :mod:`hetpure.evaluation.counting`
+    (``run.ties``), with costs, the EOT diagnostic and the machine."""
     from .. import __version__
 
+    sections = attack_sections(cfg)
+    single = not is_ensemble(cfg)
+    ties = cfg["run"].get("ties", "wrong")
+    acc = accuracies(records, ties, [a["name"] for a in sections])
     n = len(records)
-    clean = sum(r["clean_prediction"] == r["label"] for r in records)
-    robust = sum(r["adversarial_prediction"] == r["label"] for r in records)
-    worst = sum(r["worst_case_correct"] == r["worst_case_k"] for r in records)
-    a = cfg["attack"]
-    through = a["through"] or cfg["defense"]
-    attacked_steps = a["surrogate_ddim_steps"] if a["gradient"] == "surrogate" else None
-    defence_calls = pipeline_calls(cfg["defense"], num_timesteps)
-    attack_calls = 0 if a["gradient"] == "bpda" else pipeline_calls(through, num_timesteps, attacked_steps)
-    counted = [r["attack_forward_passes"] for r in records if "attack_forward_passes" in r]
-    if counted:  # what the attacks did (Attack.forward_passes: APGD's extra evaluations included)
-        passes = max(counted)
-    else:  # records of hetpure 0.1: the nominal count
-        passes = 0 if a["name"] == "none" else (1 if a["name"] == "fgsm" else a["steps"]) * a["eot"]
+    costs = [attack_cost(a, cfg["defense"], num_timesteps, _attack_passes(records, j, single))
+             for j, a in enumerate(sections)]
+    for entry, cost in zip(acc["per_attack"], costs):
+        entry["eps_calls"] = cost
+    first = sections[0]
+    through = first["through"] or cfg["defense"]
+    per_image = sum(c["attack_per_image"] * e["attacked"] for c, e in zip(costs, acc["per_attack"])) / n if n else 0
     summary = {
         "n": n,
-        "clean_accuracy": clean / n if n else math.nan,
-        "clean_accuracy_ci95": wilson_interval(clean, n),
-        "robust_accuracy": robust / n if n else math.nan,
-        "robust_accuracy_ci95": wilson_interval(robust, n),
-        "robust_accuracy_worst_case": worst / n if n else math.nan,
-        "robust_accuracy_worst_case_ci95": wilson_interval(worst, n),
+        "counting": {"robust": RULES["robust"], "ties": ties, "ties_rule": RULES[ties]},
+        **{k: v for k, v in acc.items() if k not in ("n", "ties", "per_attack")},
+        "per_attack": acc["per_attack"],
         "worst_case_k": cfg["run"]["worst_case_k"],
         "pipelines": {
-            "attacked": describe_pipeline(through, attacked_steps if through["method"] != "none" else None),
+            "attacked": costs[0]["pipeline"],
             "evaluated": describe_pipeline(cfg["defense"]),
-            "transfer": a["through"] is not None,
+            "transfer": first["through"] is not None,
         },
         "votes_per_evaluation": cfg["defense"]["runs"] if cfg["defense"]["method"] != "none" else 1,
         "eps_calls": {
-            "attack_per_forward_pass": attack_calls,
-            "defence_per_purification": defence_calls,
-            "attack_per_image": attack_calls * passes,
-            "attack_gradient": a["gradient"] if through["method"] != "none" else "classifier",
+            "attack_per_forward_pass": costs[0]["attack_per_forward_pass"],
+            "defence_per_purification": pipeline_calls(cfg["defense"], num_timesteps),
+            "attack_per_image": costs[0]["attack_per_image"] if single else round(per_image, 1),
+            "attack_gradient": costs[0]["attack_gradient"] if through["method"] != "none" else "classifier",
             **({"attack_checkpointed": stats["checkpointed"]} if stats.get("checkpointed") is not None else {}),
         },
         "seconds_per_image": _mean([r["seconds"] for r in records if "seconds" in r]),
@@ -131,6 +151,9 @@ def summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], s
         "device": str(device),
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    diagnostic = read_diagnostic(out, digest)
+    if diagnostic is not None:
+        summary["eot_diagnostic"] = diagnostic
     if sanity_report is not None:
         summary["sanity"] = sanity_report
     return summary
@@ -159,6 +182,9 @@ def summary_markdown(s: dict[str, Any]) -> str:
     calls = s["eps_calls"]
     spi = s["seconds_per_image"]
     lines = ["# hetpure evaluation summary", ""]
+    counting = s.get("counting")
+    if counting:
+        lines += [f"Counting: {counting['robust']}. Ties ({counting['ties']}): {counting['ties_rule']}.", ""]
     pipes = s.get("pipelines")
     if pipes and pipes["transfer"]:
         lines += [
@@ -174,8 +200,11 @@ def summary_markdown(s: dict[str, Any]) -> str:
         "|---|---|---|",
         f"| n | {s['n']} | |",
         f"| clean accuracy | {_pct(s['clean_accuracy'])} | {_pct(cci[0])} – {_pct(cci[1])} |",
-        f"| robust accuracy (majority vote of {s['votes_per_evaluation']}) | {_pct(s['robust_accuracy'])} | "
-        f"{_pct(ci[0])} – {_pct(ci[1])} |",
+        f"| robust accuracy (clean-correct, majority vote of {s['votes_per_evaluation']}) | "
+        f"{_pct(s['robust_accuracy'])} | {_pct(ci[0])} – {_pct(ci[1])} |",
+        *([f"| adversarial accuracy (clean ignored) | {_pct(s['adversarial_accuracy'])} | "
+           f"{_pct(s['adversarial_accuracy_ci95'][0])} – {_pct(s['adversarial_accuracy_ci95'][1])} |"]
+          if "adversarial_accuracy" in s else []),
         f"| robust accuracy (worst case of K = {s['worst_case_k']}) | {_pct(s['robust_accuracy_worst_case'])} | "
         f"{_pct(wci[0])} – {_pct(wci[1])} |",
         f"| time per image (attack + evaluation) | {'n/a' if spi is None else f'{spi:.2f} s'} | |",
@@ -193,6 +222,11 @@ def summary_markdown(s: dict[str, Any]) -> str:
             f"- **the attacked pipeline differs from the evaluated one**: "
             f"{calls['attack_per_forward_pass']} vs {calls['defence_per_purification']} ε-model calls"
         )
+    lines += _per_attack_lines(s)
+    for j, diag in enumerate(s.get("eot_diagnostic") or []):
+        lines += _diagnostic_lines(diag, j, len(s["eot_diagnostic"]))
+    if (s.get("sanity") or {}).get("eot_diagnostic"):
+        lines += _diagnostic_lines(s["sanity"]["eot_diagnostic"], 0, 1, "sanity probe")
     if "sanity" in s:
         lines += ["", "## Sanity checks (Carlini et al. 2019)", ""]
         for name, check in s["sanity"]["checks"].items():
@@ -211,3 +245,36 @@ def summary_markdown(s: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _per_attack_lines(s: dict[str, Any]) -> list[str]:
+    """The ensemble's table: each attack's images, breaks and the running robust accuracy (AutoAttack's)."""
+    per = s.get("per_attack") or []
+    if len(per) < 2:
+        return []
+    lines = ["", "## Attacks of the ensemble (in order)", "",
+             "| attack | images attacked | broke first | robust after it | robust alone | ε-calls / attacked image |",
+             "|---|---|---|---|---|---|"]
+    for e in per:
+        alone = _pct(e["robust_accuracy_alone"]) if "robust_accuracy_alone" in e else "–"
+        lines.append(f"| {e['attack']} | {e['attacked']} | {e['broke']} | {_pct(e['robust_accuracy_after'])} | "
+                     f"{alone} | {e['eps_calls']['attack_per_image']} |")
+    return lines
+
+
+def _diagnostic_lines(d: dict[str, Any] | None, j: int, count: int, where: str = "first batch") -> list[str]:
+    """The EOT diagnostic in words, with its warning."""
+    if d is None:
+        return []
+    title = f"## EOT diagnostic ({where}{f', attack {j}' if count > 1 else ''})"
+    needed = d["eot_for_cosine_0.9"]
+    lines = ["", title, "",
+             f"- cosine of two independent EOT-{d['half']} half-gradients: {d['clean']['cosine_of_halves']:.3f} at "
+             f"the clean images, {d['final']['cosine_of_halves']:.3f} at the final iterates ({d['images']} images)",
+             f"- cosine of this run's EOT-{d['eot']} gradient with the expected gradient (1/n variance model): "
+             f"{d['clean']['cosine_with_expected_at_run_eot']:.2f} (clean), "
+             f"{d['final']['cosine_with_expected_at_run_eot']:.2f} (final)",
+             f"- EOT that reaches a cosine of 0.9: {'unbounded' if needed is None else f'{needed:.0f}'}"]
+    if d.get("warning"):
+        lines.append(f"- **warning**: {d['warning']}")
+    return lines

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attacks import attack_kwargs, defended_model, make_attack
-from ..devices import freeze
+from ..attacks import attack_kwargs
 from ..distributed import teardown_on_exit
 from ..errors import ConfigError, HetpureError, RecordsError
-from ..purify import Purifier, majority_vote
+from ..purify import Purifier
+from .batch import Evaluator, batch_generator, evaluate_batch
 from .components import (
     attacked_purifier,
     build_dataset,
@@ -31,81 +31,16 @@ from .components import (
     identity_of,
     model_class_names,
 )
-from .config import resolve_config
+from .config import attack_sections, resolve_config
 from .identity import identity_diff, identity_hash, portable_config
 from .records import RunLock, append_records, read_records, repair_tail, write_json_atomic
 from .report import running_postfix, summarise, summary_markdown
-
-# --------------------------------------------------------------------------------------------------
-# One batch: clean votes, attack, defended votes
-# --------------------------------------------------------------------------------------------------
+from .shards import write_shard
 
 
 def _attack_kwargs(a: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
-    """The attack's constructor arguments from the ``attack`` section, by parameter name."""
+    """The attack's constructor arguments from an ``attack`` section, by parameter name."""
     return attack_kwargs(a["name"], a, generator=generator)
-
-
-def _batch_generator(seed: int, batch_index: int, salt: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch_index * 7_919 + salt) % 2**63)
-
-
-class _Evaluator:
-    """Per-batch computation shared by the main loop and the sanity checks."""
-
-    def __init__(self, cfg: dict[str, Any], classifier: nn.Module, purifier: Purifier | None,
-                 device: torch.device, attacked: Purifier | None = None) -> None:
-        self.cfg, self.classifier, self.purifier, self.device = cfg, classifier, purifier, device
-        self.attacked = purifier if cfg["attack"]["through"] is None else attacked
-        self.runs = purifier.config.runs if purifier is not None else 1
-        self.checkpointed: bool | None = None  # exact gradient: whether the last attack checkpointed
-        self.forward_passes = 0  # forward passes per image of the last attack (Attack.forward_passes)
-        freeze(classifier, purifier, self.attacked)  # attacks need input gradients only, never weight gradients
-
-    def labels(self, x: Tensor, evaluations: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(majority label (E, B), vote counts (E, B, classes)) of ``evaluations`` defended evaluations."""
-        if self.purifier is None:
-            with torch.no_grad():
-                logits = self.classifier(x)
-            counts = torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1])[None]
-            counts = counts.expand(evaluations, -1, -1)
-            return counts.argmax(2), counts
-        run_labels, num_classes = self.purifier.run_labels(x, self.runs * evaluations, generator)
-        grouped = run_labels.view(evaluations, self.runs, x.shape[0])
-        votes = [majority_vote(g, num_classes) for g in grouped]  # one vote of R runs per evaluation
-        return torch.stack([w for w, _ in votes]), torch.stack([c for _, c in votes])
-
-    def checkpointing(self, target: Purifier | None, x: Tensor, attack: Any) -> bool | None:
-        """Exact gradient: checkpoint per step unless the whole graph of one differentiated chunk fits in
-        ``attack.memory_budget_gb`` (``attack.checkpoint: auto``); records are the same either way."""
-        a = self.cfg["attack"]
-        if target is None or a["gradient"] != "exact":
-            return None
-        from ..graph_memory import use_checkpointing
-
-        eps = target.eps_model
-        images = x.shape[0] * max(1, int(getattr(attack, "eot", 1)))
-        chunk = getattr(attack, "eot_batch", None)
-        images = min(images, chunk) if chunk else images
-        shape = (eps.in_channels, eps.image_size or x.shape[-2], eps.image_size or x.shape[-1])
-        self.checkpointed = use_checkpointing(a["checkpoint"], a["memory_budget_gb"], eps, shape, target.eps_calls(),
-                                              images, x.device)
-        return self.checkpointed
-
-    def attack(self, x: Tensor, y: Tensor, generator: torch.Generator, **changes: Any) -> tuple[Tensor, int]:
-        """Adversarial examples and the ε-model calls per forward pass of the attacked model."""
-        a = {**self.cfg["attack"], **changes}
-        attack = make_attack(a["name"], **_attack_kwargs(a, generator)) if a["name"] != "none" else None
-        if attack is None:
-            return x, 0
-        target = None if changes.get("undefended") else self.attacked
-        model = defended_model(target, self.classifier, a["gradient"], a["surrogate_ddim_steps"],
-                               checkpoint=self.checkpointing(target, x, attack))
-        if hasattr(model, "generator"):
-            model.generator = generator
-        x_adv = attack(model, x, y)
-        self.forward_passes = attack.forward_passes  # per image, every EOT sample and extra evaluation counted
-        return x_adv, int(getattr(model, "eps_calls", lambda: 0)())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,31 +107,34 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
 
 
 def _check_device(device: str) -> None:
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"run.device {device!r} is not a device ({exc}); fix: --set run.device=cpu") from exc
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device is cuda but no CUDA device is available here; fix: --set run.device=cpu")
+    from ..devices import check_run_device
+
+    check_run_device(device)  # not a device, meta, or an accelerator this machine lacks: the fix, before any work
 
 
 def _claim_folder(out: Path, identity: dict[str, Any], digest: str) -> None:
-    """Refuse a folder whose records belong to other settings, naming what differs (under the lock)."""
+    """Refuse a folder whose records belong to other settings, naming what differs (under the lock).
+
+    The records' own ``settings_hash`` decides, so a folder whose config.json was deleted (or is stale) never
+    ends up holding records of two settings; config.json, when it describes those records, names the keys."""
     config_file = out / "config.json"
-    if not config_file.exists():
-        return
+    others = sorted({str(r.get("settings_hash")) for path in sorted(out.glob("records*.jsonl"))
+                     for r in read_records(path)} - {digest})
+    if not others:
+        return  # no records of other settings: this run takes the folder
     try:
-        previous = json.loads(config_file.read_text())
+        previous = json.loads(config_file.read_text()) if config_file.exists() else {}
     except ValueError:
         previous = {}
-    old = previous.get("settings_hash")
-    if old in (None, digest) or not _finished(out, old):
-        return  # no records of other settings: this run takes the folder
-    if "identity" in previous:
+    old = previous.get("settings_hash") if isinstance(previous, dict) else None
+    if old in others and "identity" in previous:
         changes = identity_diff(previous["identity"], identity)
         what = "; ".join(changes[:12]) + (f"; … {len(changes) - 12} more" if len(changes) > 12 else "")
     else:
-        what = f"settings hash {old} vs {digest} (a run made before hetpure recorded identities; see migrate_runs)"
+        state = "missing" if not config_file.exists() else "not about those records"
+        what = (f"its records have settings hash {', '.join(others[:3])}, this run {digest} (config.json, which "
+                f"would name the keys that differ, is {state}; a run made before hetpure recorded identities: "
+                "see migrate_runs)")
     raise RecordsError(
         f"{out} holds records of a run with other settings — {what}. Choose another run.out (--out DIR), "
         "or move the folder aside to start over"
@@ -216,7 +154,8 @@ def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
     dist.barrier()
     done = {i: r for i, r in _finished(out, digest).items() if i in wanted}
     classifier, purifier = components[1:] if components is not None else build_models(cfg, device)
-    ev = _Evaluator(cfg, classifier, purifier, device, attacked_purifier(cfg, classifier, purifier, device))
+    ev = Evaluator(cfg, classifier, purifier, device,
+                   [attacked_purifier(cfg, classifier, purifier, device, a) for a in attack_sections(cfg)])
     todo = [b for b in range(len(batches)) if b % dist.world_size == dist.rank
             and not all(indices[p] in done for p in batches[b])]
     stats = {"seconds": 0.0, "images": 0, "attack_calls": 0}
@@ -230,13 +169,20 @@ def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
         if b == todo[0]:
             _check_classifier(cfg, classifier, x, y, getattr(dataset, "classes", None))
         pending = [i for i, p in enumerate(batches[b]) if indices[p] not in done]
-        records, extras = _evaluate_batch(ev, x, y, b, [indices[batches[b][i]] for i in range(len(x))], digest)
+        batch_indices = [indices[batches[b][i]] for i in range(len(x))]
+        records, extras = evaluate_batch(ev, x, y, b, batch_indices, digest)
         elapsed = time.perf_counter() - start
         for r in records:
             r["seconds"] = round(elapsed / len(x), 4)  # attack + evaluations, per image of this batch
         if dist.is_main and not config_written:  # once, with the run's first records
             _write_config(out, cfg, identity, digest)
             config_written = True
+        if cfg["run"]["eot_diagnostic"] and dist.is_main and not (out / "eot_diagnostic.json").exists():
+            _write_diagnostic(out, ev, x, y, extras, batch_indices, b, digest)
+        if cfg["run"]["save_adversarial"]:  # the shard first: a record never names a shard that is not whole
+            shard, sha = write_shard(out, b, extras["examples"], {"settings_hash": digest, "batch": str(b)})
+            for r in records:
+                r.update(adversarial_shard=shard, adversarial_shard_sha256=sha)
         append_records(my_records, [records[i] for i in pending])
         stats["seconds"] += elapsed
         stats["images"] += len(x)
@@ -248,7 +194,7 @@ def _run(cfg: dict[str, Any], dist: Any, out: Path, dataset: Any,
             _save_examples(out / "examples.png", x, extras["x_adv"], purifier)
             grid_saved = True
         progress.update(1)
-        progress.set_postfix(running_postfix(done.values()))
+        progress.set_postfix(running_postfix(done.values(), cfg["run"]["ties"]))
     progress.close()
     dist.barrier()
     summary: dict[str, Any] = {}
@@ -305,38 +251,21 @@ def _load_batch(dataset: Any, positions: list[int], device: torch.device) -> tup
     return x, torch.as_tensor(ys, dtype=torch.long).to(device)
 
 
-def _evaluate_batch(ev: _Evaluator, x: Tensor, y: Tensor, b: int, indices: list[int],
-                    digest: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    cfg = ev.cfg
-    seed = cfg["run"]["seed"]
-    k = cfg["run"]["worst_case_k"]
-    clean_label, clean_counts = ev.labels(x, 1, _batch_generator(seed, b, 1, ev.device))
-    ev.forward_passes = 0
-    x_adv, attack_calls = ev.attack(x, y, _batch_generator(seed, b, 2, ev.device))
-    adv_label, adv_counts = ev.labels(x_adv, k, _batch_generator(seed, b, 3, ev.device))
-    records, c = [], clean_counts.shape[-1]
-    diff = x_adv - x  # every per-image number as float64 (exact), one device-to-host copy per batch
-    per_image = [y, clean_label[0], adv_label[0], (adv_label == y).sum(0), torch.stack([d.abs().max() for d in diff]),
-                 torch.stack([d.norm() for d in diff])]
-    host = torch.cat([torch.stack([t.double() for t in per_image], 1), clean_counts[0].double(),
-                      adv_counts[0].double()], 1)
-    for i, row in enumerate(host.cpu().tolist()):
-        records.append({
-            "index": indices[i],
-            "label": int(row[0]),
-            "clean_prediction": int(row[1]),
-            "adversarial_prediction": int(row[2]),
-            "clean_votes": [int(v) for v in row[6 : 6 + c]],
-            "adversarial_votes": [int(v) for v in row[6 + c :]],
-            "worst_case_correct": int(row[3]),
-            "worst_case_k": k,
-            "perturbation_linf": row[4],
-            "perturbation_l2": row[5],
-            "batch": b,
-            "attack_forward_passes": ev.forward_passes,
-            "settings_hash": digest,
-        })
-    return records, {"x_adv": x_adv, "attack_calls": attack_calls}
+def _write_diagnostic(out: Path, ev: Evaluator, x: Tensor, y: Tensor, extras: dict[str, Any],
+                      batch_indices: list[int], b: int, digest: str) -> None:
+    """The EOT diagnostic (:mod:`hetpure.evaluation.diagnostics`) of each attack on this batch's images it ran
+    on, once per run folder, from its own random stream (the records do not change)."""
+    from .diagnostics import DIAGNOSTIC_FILE, eot_diagnostic
+
+    results = []
+    for j, (x_adv, attacked) in enumerate(extras["examples"]):
+        rows = [batch_indices.index(i) for i in attacked]
+        if not rows or attack_sections(ev.cfg)[j]["name"] == "none" or ev.purifier is None:
+            results.append(None)  # nothing stochastic to measure
+            continue
+        generator = batch_generator(ev.cfg["run"]["seed"], b, 9_000 + j, ev.device)
+        results.append(eot_diagnostic(ev, x[rows], y[rows], x_adv, generator, j))
+    write_json_atomic(out / DIAGNOSTIC_FILE, {"settings_hash": digest, "batch": b, "attacks": results})
 
 
 def _finished(out: Path, digest: str) -> dict[int, dict[str, Any]]:
@@ -368,30 +297,31 @@ def _progress(total: int, initial: int, enabled: bool):  # noqa: ANN202
     return tqdm(total=total, initial=initial, disable=not enabled, desc="evaluate", unit="batch")
 
 
-def _sanity(ev: _Evaluator, dataset: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+def _sanity(ev: Evaluator, dataset: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """Carlini et al. 2019 checks on a probe set (the first ``sanity_n`` samples)."""
     n = min(cfg["run"]["sanity_n"], len(dataset))
     xs, ys = zip(*(dataset[i][:2] for i in range(n)))
     x = torch.stack([torch.as_tensor(v) for v in xs]).to(ev.device).float()
     y = torch.as_tensor(ys, dtype=torch.long).to(ev.device)
     seed = cfg["run"]["seed"]
-    a = cfg["attack"]
+    a = attack_sections(cfg)[0]  # an ensemble: its first attack
     checks: dict[str, dict[str, Any]] = {}
     if a["name"] == "none":
         return {"probe_n": n, "checks": {"attack": {"passed": False, "detail": "attack.name is none"}}}
 
     def accuracy(x_adv: Tensor, salt: int) -> float:
-        label, _ = ev.labels(x_adv, 1, _batch_generator(seed, 10_000, salt, ev.device))
+        label, _ = ev.labels(x_adv, 1, batch_generator(seed, 10_000, salt, ev.device))
         return float((label[0] == y).float().mean())
 
-    x_und, _ = ev.attack(x, y, _batch_generator(seed, 10_000, 1, ev.device), undefended=True)
+    x_und, _ = ev.attack(x, y, batch_generator(seed, 10_000, 1, ev.device), undefended=True)
     with torch.no_grad():
         und = float((ev.classifier(x_und).argmax(1) == y).float().mean())
     checks["undefended classifier falls to <= 2%"] = {"passed": und <= 0.02, "detail": f"accuracy {und:.3f}"}
     slack = 1.0 / n
     if a["name"] != "fgsm":
-        base = accuracy(ev.attack(x, y, _batch_generator(seed, 10_000, 2, ev.device))[0], 3)
-        more = accuracy(ev.attack(x, y, _batch_generator(seed, 10_000, 4, ev.device), steps=2 * a["steps"])[0], 5)
+        x_base = ev.attack(x, y, batch_generator(seed, 10_000, 2, ev.device))[0]
+        base = accuracy(x_base, 3)
+        more = accuracy(ev.attack(x, y, batch_generator(seed, 10_000, 4, ev.device), steps=2 * a["steps"])[0], 5)
         checks["accuracy does not rise when iterations double"] = {
             "passed": more <= base + slack,
             "detail": f"{a['steps']} steps {base:.3f}, {2 * a['steps']} steps {more:.3f}",
@@ -400,14 +330,20 @@ def _sanity(ev: _Evaluator, dataset: Any, cfg: dict[str, Any]) -> dict[str, Any]
     changes = {"eps": big_eps}
     if a["name"] in ("pgd", "mask-pgd", "lowfreq-pgd"):
         changes["step_size"] = big_eps / 4
-    big = accuracy(ev.attack(x, y, _batch_generator(seed, 10_000, 6, ev.device), **changes)[0], 7)
+    big = accuracy(ev.attack(x, y, batch_generator(seed, 10_000, 6, ev.device), **changes)[0], 7)
     with torch.no_grad():
         num_classes = int(ev.classifier(x[:1]).shape[1])
     chance = 1.0 / num_classes
     checks["large budget drives accuracy to chance or below"] = {
         "passed": big <= chance + slack, "detail": f"eps {big_eps:.4f}: accuracy {big:.3f} (chance {chance:.3f})"
     }
-    return {"probe_n": n, "checks": checks, "all_passed": all(c["passed"] for c in checks.values())}
+    report: dict[str, Any] = {"probe_n": n, "checks": checks, "all_passed": all(c["passed"] for c in checks.values())}
+    if a["name"] != "fgsm" and ev.purifier is not None:  # not a pass/fail check: a measurement with a warning
+        from .diagnostics import eot_diagnostic
+
+        report["eot_diagnostic"] = eot_diagnostic(ev, x, y, x_base, batch_generator(seed, 10_000, 8, ev.device))
+    return report
+
 
 
 def _save_examples(path: Path, x: Tensor, x_adv: Tensor, purifier: Purifier | None, count: int = 8) -> None:
