@@ -109,6 +109,42 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rescore(args: argparse.Namespace) -> int:
+    from .evaluation.rescore import rescore
+
+    s = rescore(args.run_dir, args.out, _overrides(args))
+    print(f"rescored {s['n']} images of {args.run_dir} ({s['votes_per_evaluation']} votes, K = {s['worst_case_k']}): "
+          f"clean {s['clean_accuracy']:.4f}, robust {s['robust_accuracy']:.4f}; outputs in {args.out}")
+    return 0
+
+
+def _cmd_combine(args: argparse.Namespace) -> int:
+    from .evaluation.combine import combine
+
+    s = combine(args.run_dirs, args.out, ties=args.ties)
+    print(f"combined {len(args.run_dirs)} runs on {s['n']} images (clean evaluation of {s['clean_evaluation_from']}): "
+          f"clean {s['clean_accuracy']:.4f}, robust {s['robust_accuracy']:.4f} (worst case per image); "
+          f"outputs in {args.out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluation.combine import compare, compare_markdown
+
+    c = compare(args.run_a, args.run_b, ties=args.ties)
+    print(json.dumps(c, indent=2) if args.json else compare_markdown(c))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .evaluation.export import export
+
+    print(f"wrote {export(args.run_dir, args.out)}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from .catalog import catalog, format_catalog
 
@@ -205,6 +241,33 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--out", required=True, metavar="DIR", help="folder of the point runs and outputs")
     swp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=set_help)
     swp.set_defaults(func=_cmd_sweep)
+
+    res = sub.add_parser("rescore", help="score a run's saved adversarial examples again (fresh noise, any R, K, "
+                                         "or another defence)")
+    res.add_argument("run_dir", help="a run folder made by hetpure evaluate with run.save_adversarial on")
+    res.add_argument("--out", required=True, metavar="DIR", help="output folder of the rescoring (resumable)")
+    res.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                     help="defense.* or run.* override, e.g. defense.runs=32 (repeatable)")
+    res.set_defaults(func=_cmd_rescore)
+
+    ties_help = "a majority vote whose top count the true label shares: wrong (default) or lowest (the label argmax)"
+    com = sub.add_parser("combine", help="per-image worst case over run folders of the same data and defence")
+    com.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders; the first one's clean evaluation")
+    com.add_argument("--out", required=True, metavar="DIR", help="output folder of the combined row")
+    com.add_argument("--ties", choices=["wrong", "lowest"], default="wrong", help=ties_help)
+    com.set_defaults(func=_cmd_combine)
+
+    cmp_ = sub.add_parser("compare", help="paired comparison of two rows: wins/losses, McNemar p, vote share")
+    cmp_.add_argument("run_a", help="the row")
+    cmp_.add_argument("run_b", help="the reference row (same data)")
+    cmp_.add_argument("--ties", choices=["wrong", "lowest"], default="wrong", help=ties_help)
+    cmp_.add_argument("--json", action="store_true", help="print JSON instead of the Markdown table")
+    cmp_.set_defaults(func=_cmd_compare)
+
+    exp = sub.add_parser("export", help="a leaderboard record (RobustBench model_info fields and more)")
+    exp.add_argument("run_dir", help="a run, combined or rescored folder")
+    exp.add_argument("--out", default=None, metavar="FILE.json", help="default RUN_DIR/leaderboard.json")
+    exp.set_defaults(func=_cmd_export)
 
     lst = sub.add_parser("list", help="classifiers, datasets, eps-models, methods, attacks and presets by name")
     lst.add_argument("what", nargs="?", default=None,

@@ -52,6 +52,7 @@ class Evaluator:
         self.checkpointed: bool | None = None  # exact gradient: whether the last attack checkpointed
         self.forward_passes = 0  # forward passes per image of the last attack (Attack.forward_passes)
         self.judge_passes = 0  # defended evaluations per image the last attack asked for (keep: first_broken)
+        self._saved: dict[str, dict[int, dict[int, Tensor]]] = {}  # source run → {index: {slot: x_adv}}
         freeze(classifier, purifier, *self.attacked)  # attacks need input gradients only, never weight gradients
 
     def labels(self, x: Tensor, evaluations: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -82,6 +83,18 @@ class Evaluator:
         self.checkpointed = use_checkpointing(a["checkpoint"], a["memory_budget_gb"], eps, shape, target.eps_calls(),
                                               images, x.device)
         return self.checkpointed
+
+    def saved(self, j: int) -> dict[int, Tensor]:
+        """Attack ``j`` of a ``saved`` section: its source run's examples by dataset index (read once, checked
+        against the records' digests)."""
+        a = attack_sections(self.cfg)[j]
+        if a["source"] not in self._saved:
+            from .runs import load_run
+            from .shards import load_adversarial
+
+            source = load_run(a["source"], "attack.source")
+            self._saved[a["source"]] = load_adversarial(source.path, source.records)
+        return {i: examples[a["slot"]] for i, examples in self._saved[a["source"]].items() if a["slot"] in examples}
 
     def build(self, x: Tensor, generator: torch.Generator, j: int = 0, **changes: Any) -> tuple[Any, nn.Module]:
         """(attack, the module it differentiates) of attack ``j`` of the ensemble (``changes`` override keys)."""
@@ -125,7 +138,10 @@ def evaluate_batch(ev: Evaluator, x: Tensor, y: Tensor, b: int, indices: list[in
     for j, a in enumerate(sections):
         rows = list(range(len(x))) if j == 0 or cfg["run"]["ensemble"] == "all" else \
             [i for i in range(len(x)) if bool(alive[i])]
-        for i in set(range(len(x))) - set(rows):
+        saved = ev.saved(j) if a["name"] == "saved" else None
+        if saved is not None:  # a replayed attack runs where its source run saved an example
+            rows = [i for i in rows if indices[i] in saved]
+        for i in sorted(set(range(len(x))) - set(rows)):
             outcomes[i].append({"name": a["name"], "attacked": False})
         if not rows:
             examples.append((x[:0], []))
@@ -133,8 +149,11 @@ def evaluate_batch(ev: Evaluator, x: Tensor, y: Tensor, b: int, indices: list[in
         salt_attack, salt_eval = attack_salts(j)
         ev.forward_passes, ev.judge_passes = 0, 0
         xs, ys = x[rows], y[rows]
-        x_adv, attack_calls = ev.attack(xs, ys, batch_generator(seed, b, salt_attack, ev.device), j,
-                                        judge_generator=batch_generator(seed, b, salt_attack + 50, ev.device))
+        if saved is not None:
+            x_adv, attack_calls = torch.stack([saved[indices[i]] for i in rows]).to(x), 0
+        else:
+            x_adv, attack_calls = ev.attack(xs, ys, batch_generator(seed, b, salt_attack, ev.device), j,
+                                            judge_generator=batch_generator(seed, b, salt_attack + 50, ev.device))
         if j == 0:
             first_adv = x_adv
         examples.append((x_adv, [indices[i] for i in rows]))

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..methods import purifier_from_config
 from ..purify import Purifier
-from .config import purify_config
+from .config import attack_sections, purify_config
 from .identity import dataset_fingerprint, identity_hash, module_digest, path_digest, run_identity
 
 
@@ -37,12 +37,22 @@ def identity_of(cfg: dict[str, Any], dataset: Any = None, classifier: nn.Module 
         dataset = build_dataset({**cfg, "data": {**cfg["data"], "n": None}})
     diffusion = cfg["diffusion"]
     config_file = diffusion.get("config")
-    return run_identity(
+    identity = run_identity(
         cfg, dataset_fingerprint(dataset),
         module_digest(classifier) if classifier is not None else path_digest(cfg["classifier"]["path"]),
         module_digest(eps_model) if eps_model is not None else path_digest(diffusion["path"]),
         path_digest(config_file) if isinstance(config_file, str) else None,
     )
+    attacks = identity["attack"] if isinstance(identity["attack"], list) else [identity["attack"]]
+    for section, a in zip(attack_sections(cfg), attacks):
+        if section["name"] == "saved":  # replayed examples: the source run's identity, never its path
+            from .runs import load_run
+
+            if not section["source"]:
+                raise ConfigError("attack.name saved needs attack.source, the run folder whose examples it replays; "
+                                  "use hetpure rescore RUN_DIR --out DIR")
+            a["source_settings_hash"] = load_run(section["source"], "attack.source").settings_hash
+    return identity
 
 
 def build_dataset(cfg: dict[str, Any]) -> Any:
@@ -112,6 +122,34 @@ def check_input_size(cfg: dict[str, Any], dataset: Any) -> None:
             f"the data's images are {'×'.join(map(str, shape))} but classifier {cfg['classifier']['name']} takes "
             f"{c}×{h}×{w}; fix: --set 'data.options={{resize: [{h}, {w}]{mode}}}'"
         )
+    _check_diffusion_size(cfg, shape)
+
+
+def _check_diffusion_size(cfg: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """Images of another size than a diffusers folder's ``sample_size`` need ``defense.resize`` (read from its
+    config.json, no model loaded); said now with the CLI fix instead of by the purifier in the first batch."""
+    import json
+    from pathlib import Path
+
+    pipelines = [cfg["defense"], cfg["attack"].get("through") if isinstance(cfg["attack"], dict) else None]
+    needs = [p for p in pipelines if p is not None and p["method"] != "none" and not p["resize"]]
+    d = cfg["diffusion"]
+    if not needs or d["kind"] != "diffusers" or not d["path"] or not Path(d["path"]).is_dir():
+        return
+    folder = Path(d["path"])
+    config = folder / "config.json" if (folder / "config.json").is_file() else folder / "unet" / "config.json"
+    try:
+        size = json.loads(config.read_text()).get("sample_size")
+    except (OSError, ValueError, AttributeError):
+        return  # a damaged folder is reported with its fix when the model is loaded
+    size = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, list) else None
+    if size is not None and tuple(shape[-2:]) != size:
+        h, w = size
+        raise ConfigError(
+            f"the data's images are {shape[-2]}×{shape[-1]} but the diffusion model ({d['path']}) works at {h}×{w}; "
+            f"fix: --set defense.resize=true (resize for diffusion and back), or --set 'data.options={{resize: "
+            f"[{h}, {w}]}}'"
+        )
 
 
 def build_models(cfg: dict[str, Any], device: torch.device) -> tuple[nn.Module, Purifier | None]:
@@ -143,6 +181,8 @@ def attacked_purifier(cfg: dict[str, Any], classifier: nn.Module, purifier: Puri
     """The purifier an attack differentiates: ``purifier`` itself unless its ``through`` names another
     pipeline (a transfer evaluation: craft the examples on one defence, score them on another). ``section``:
     one attack section of an ensemble (default: the config's single ``attack``)."""
+    if section is not None and section["name"] == "saved":
+        return None  # replayed examples: nothing is differentiated
     through = (section if section is not None else cfg["attack"])["through"]
     if through is None:
         return purifier

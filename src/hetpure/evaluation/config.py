@@ -88,8 +88,9 @@ class DefenseSection(BaseModel):
 
 class AttackSection(BaseModel):
     model_config = _STRICT
-    name: Literal["none", "fgsm", "pgd", "apgd-ce", "apgd-dlr", "mask-pgd", "lowfreq-pgd"] = Field(
-        "pgd", description="the attack")
+    name: Literal["none", "fgsm", "pgd", "apgd-ce", "apgd-dlr", "mask-pgd", "lowfreq-pgd", "diffattack", "diffhammer",
+                  "saved"] = Field(
+        "pgd", description="the attack (saved: replay a run folder's saved x_adv, as `hetpure rescore` does)")
     norm: Literal["linf", "l2"] = Field("linf", description="threat model")
     eps: float | None = Field(None, gt=0, description="radius on [0, 1] images (L∞ 8/255 = 0.0313725)")
     step_size: float | None = Field(None, gt=0, description="step (default from eps)")
@@ -104,10 +105,23 @@ class AttackSection(BaseModel):
     attention_weight: float = Field(0.0, ge=0, description="mask-pgd: weight of the attention term")
     grid: int = Field(8, ge=1, description="lowfreq-pgd: perturbation grid")
     upsample: Literal["bilinear", "nearest"] = Field("bilinear", description="lowfreq-pgd upsampling")
+    keep: Literal["last", "best", "first_broken"] = Field(
+        "last", description="pgd, apgd-*, diffattack, diffhammer: the attack's own rule, its highest-loss iterate, or "
+        "the first iterate a fresh defended evaluation gets wrong (MEFA)")
+    keep_every: int = Field(1, ge=1, description="first_broken: judge every k-th iterate (and the last)")
+    diffattack_weight: float = Field(1.0, ge=0, description="diffattack: λ of the deviated-reconstruction loss")
+    diffattack_every: int = Field(1, ge=1, description="diffattack: the loss at every k-th reverse state")
+    diffattack_loss: Literal["ce", "dlr"] = Field("ce", description="diffattack: classifier loss")
+    diffhammer_samples: int = Field(10, ge=1, description="diffhammer: N purifications per iteration")
+    diffhammer_k: float = Field(5.0, ge=0, description="diffhammer: sharpness k of the EM weights σ(k·…)")
+    diffhammer_em_steps: int = Field(5, ge=0, description="diffhammer: EM iterations per attack iteration")
+    diffhammer_loss: Literal["ce", "dlr"] = Field("ce", description="diffhammer: classifier loss")
     through: dict[str, Any] | None = Field(None, description="another pipeline to attack (defense keys)")
     checkpoint: Literal["auto", "always", "never"] = Field(
         "auto", description="exact gradient: per-step checkpointing (auto: only when the graph exceeds the budget)")
     memory_budget_gb: float = Field(8.0, gt=0, description="auto: largest autograd graph kept whole (GB)")
+    source: str | None = Field(None, description="saved: the run folder whose adversarial examples are replayed")
+    slot: int = Field(0, ge=0, description="saved: which attack of the source run's ensemble (0 = the first)")
 
     @field_validator("eps")
     @classmethod
@@ -311,6 +325,8 @@ def resolve_config(config: dict[str, Any], overrides: dict[str, dict[str, Any]] 
     for section, key in PATH_KEYS:
         if isinstance(resolved[section][key], str):
             resolved[section][key] = expand_path(resolved[section][key])
+    if resolved["data"]["survivors_of"] is not None:
+        resolved["data"]["survivors_of"] = [expand_path(f) for f in resolved["data"]["survivors_of"]]
     if isinstance(resolved["run"]["out"], str):
         resolved["run"]["out"] = expand_path(resolved["run"]["out"])
     _check_consistency(resolved)

@@ -76,6 +76,7 @@ def outcomes(record: dict[str, Any]) -> list[dict[str, Any]]:
         "worst_case_correct": record.get("worst_case_correct"),
         "worst_case_correct_strict": record.get("worst_case_correct_strict"),
         "worst_case_k": record.get("worst_case_k", 1),
+        **({"forward_passes": record["attack_forward_passes"]} if "attack_forward_passes" in record else {}),
     }]
 
 

@@ -48,6 +48,18 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "sde_steps": ("diffpure",),
     "gdmp_guidance": ("gdmp",), "gdmp_scale": ("gdmp",), "gdmp_iterations": ("gdmp",),
 }
+#: The attacks that take ``attack.keep`` (their constructors have a ``keep`` parameter; a test checks it).
+KEEPING_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "diffattack", "diffhammer")
+#: Attack keys that only these attacks read, as :data:`METHOD_KEYS` for defences: under any other attack they cannot
+#: change a number, so the attack section leaves them out, which also keeps the identity of every run made before
+#: the keys existed. ``keep`` enters only when it is not the default ``last`` (today's behaviour), ``keep_every``
+#: only with ``keep: first_broken``.
+ATTACK_KEYS: dict[str, tuple[str, ...]] = {
+    "keep": KEEPING_ATTACKS, "keep_every": KEEPING_ATTACKS,
+    "diffattack_weight": ("diffattack",), "diffattack_every": ("diffattack",), "diffattack_loss": ("diffattack",),
+    "diffhammer_samples": ("diffhammer",), "diffhammer_k": ("diffhammer",), "diffhammer_em_steps": ("diffhammer",),
+    "diffhammer_loss": ("diffhammer",),
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,6 +195,8 @@ def dataset_fingerprint(dataset: Any) -> str:
 def run_identity(cfg: dict[str, Any], data_fingerprint: str, classifier_digest: str | None,
                  diffusion_digest: str | None, diffusion_config_digest: str | None = None) -> dict[str, Any]:
     """The identity of a resolved evaluation config (see the module docstring)."""
+    a = cfg["attack"]  # only the keys its attack reads (ATTACK_KEYS)
+    cfg = {**cfg, "attack": [attack_identity(s) for s in a] if isinstance(a, list) else attack_identity(a)}
     ident: dict[str, Any] = {"format": IDENTITY_FORMAT}
     for section, values in cfg.items():
         if section == "preset":
@@ -197,6 +211,9 @@ def run_identity(cfg: dict[str, Any], data_fingerprint: str, classifier_digest: 
     for a in sections:
         for key in NOT_IN_IDENTITY["attack"]:
             a.pop(key, None)
+        a.pop("source", None)  # a path: a saved attack's identity holds its source run's hash instead
+        if a.get("name") != "saved":
+            a.pop("slot", None)
         if a.get("through") is None:
             a.pop("through", None)
         else:
@@ -222,6 +239,24 @@ def defense_identity(defense: dict[str, Any]) -> dict[str, Any]:
     """A defence section without the keys its method does not read (:data:`METHOD_KEYS`)."""
     method = defense.get("method")
     return {k: v for k, v in defense.items() if method in METHOD_KEYS.get(k, (method,))}
+
+
+def attack_identity(attack: dict[str, Any]) -> dict[str, Any]:
+    """An attack section without the keys its attack does not read (:data:`ATTACK_KEYS`), ``keep`` only when it is
+    not ``last`` and ``keep_every`` only with ``first_broken``.
+
+    >>> attack_identity({"name": "pgd", "steps": 10, "keep": "last", "keep_every": 1, "diffattack_weight": 1.0})
+    {'name': 'pgd', 'steps': 10}
+    >>> attack_identity({"name": "diffattack", "keep": "first_broken", "keep_every": 5, "diffattack_weight": 2.0})
+    {'name': 'diffattack', 'keep': 'first_broken', 'keep_every': 5, 'diffattack_weight': 2.0}
+    """
+    name = attack.get("name")
+    out = {k: v for k, v in attack.items() if name in ATTACK_KEYS.get(k, (name,))}
+    if out.get("keep", "last") == "last":
+        out.pop("keep", None)
+    if out.get("keep") != "first_broken":
+        out.pop("keep_every", None)
+    return out
 
 
 def identity_hash(identity: dict[str, Any]) -> str:
@@ -309,6 +344,8 @@ def portable_config(cfg: dict[str, Any], base: str | Path) -> dict[str, Any]:
     for section, key in (("data", "root"), ("classifier", "path"), ("diffusion", "path"), ("diffusion", "config")):
         if section in out and isinstance(out[section].get(key), str):
             out[section][key] = portable_path(out[section][key], base)
+    if isinstance((out.get("data") or {}).get("survivors_of"), list):
+        out["data"]["survivors_of"] = [portable_path(f, base) for f in out["data"]["survivors_of"]]
     if "run" in out and out["run"].get("out") is not None:
         run_out = Path(str(out["run"]["out"])).expanduser()
         out["run"]["out"] = "." if run_out.resolve() == Path(base).resolve() else portable_path(run_out, base)

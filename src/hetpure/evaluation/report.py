@@ -82,6 +82,9 @@ def pipeline_calls(defense: dict[str, Any], num_timesteps: int, ddim_steps: int 
 def attack_cost(a: dict[str, Any], defense: dict[str, Any], num_timesteps: int,
                 passes: int | None) -> dict[str, Any]:
     """ε-calls of one attack section: per forward pass through the attacked pipeline and per attacked image."""
+    if a["name"] == "saved":  # replayed: no attack ran here
+        return {"attack_per_forward_pass": 0, "attack_per_image": 0, "forward_passes": 0, "attack_gradient": "saved",
+                "pipeline": f"saved adversarial examples of {Path(str(a['source'])).name} (attack {a['slot']})"}
     through = a["through"] or defense
     attacked_steps = a["surrogate_ddim_steps"] if a["gradient"] == "surrogate" else None
     calls = 0 if a["gradient"] == "bpda" else pipeline_calls(through, num_timesteps, attacked_steps)
@@ -97,7 +100,8 @@ def _attack_passes(records: list[dict[str, Any]], j: int, single: bool) -> int |
     if single:
         counted = [r["attack_forward_passes"] for r in records if "attack_forward_passes" in r]
     else:
-        counted = [o["forward_passes"] for r in records for o in outcomes(r)[j: j + 1] if o.get("attacked")]
+        counted = [o["forward_passes"] for r in records for o in outcomes(r)[j: j + 1]
+                   if o.get("attacked", True) and o.get("forward_passes") is not None]
     return max(counted) if counted else None
 
 
@@ -111,7 +115,7 @@ def summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], s
     sections = attack_sections(cfg)
     single = not is_ensemble(cfg)
     ties = cfg["run"].get("ties", "wrong")
-    acc = accuracies(records, ties, [a["name"] for a in sections])
+    acc = accuracies(records, ties, [a["name"] if a["name"] != "saved" else f"saved[{a['slot']}]" for a in sections])
     n = len(records)
     costs = [attack_cost(a, cfg["defense"], num_timesteps, _attack_passes(records, j, single))
              for j, a in enumerate(sections)]
@@ -151,6 +155,8 @@ def summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], s
         "device": str(device),
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if cfg["data"].get("survivors_of"):  # the images this run attacked: those still robust in these runs
+        summary["conditioned_on"] = [Path(f).name for f in cfg["data"]["survivors_of"]]
     diagnostic = read_diagnostic(out, digest)
     if diagnostic is not None:
         summary["eot_diagnostic"] = diagnostic
@@ -185,6 +191,9 @@ def summary_markdown(s: dict[str, Any]) -> str:
     counting = s.get("counting")
     if counting:
         lines += [f"Counting: {counting['robust']}. Ties ({counting['ties']}): {counting['ties_rule']}.", ""]
+    if s.get("conditioned_on"):
+        lines += [f"Images: only those still robust in {', '.join(s['conditioned_on'])} (data.survivors_of); "
+                  "combine this run with them for the per-image worst case over all their attacks.", ""]
     pipes = s.get("pipelines")
     if pipes and pipes["transfer"]:
         lines += [

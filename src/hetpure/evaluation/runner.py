@@ -33,7 +33,7 @@ from .components import (
 )
 from .config import attack_sections, resolve_config
 from .identity import identity_diff, identity_hash, portable_config
-from .records import RunLock, append_records, read_records, repair_tail, write_json_atomic
+from .records import RunLock, append_records, make_folder, read_records, repair_tail, write_json_atomic
 from .report import running_postfix, summarise, summary_markdown
 from .shards import write_shard
 
@@ -77,6 +77,26 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
         check_input_size(cfg, dataset)
     given = components[1:] if components is not None else (None, None)
     identity = identity_of(cfg, dataset, given[0], given[1].eps_model if given[1] is not None else None)
+    conditioned = None
+    if cfg["data"]["survivors_of"]:  # attack only what the listed runs left robust
+        from .runs import SurvivorSubset, survivors
+
+        keep, conditioned = survivors(cfg["data"]["survivors_of"], identity, cfg["run"]["ties"])
+        identity["data"]["survivors_of"] = {"settings_hashes": [c["settings_hash"] for c in conditioned],
+                                            "ties": cfg["run"]["ties"]}
+        dataset = SurvivorSubset(dataset, keep)
+        if not len(dataset):
+            raise ConfigError(f"data.survivors_of: no image is robust in every one of {cfg['data']['survivors_of']}"
+                              " (or they share no image); nothing is left to attack")
+    sources = {a["source"] for a in attack_sections(cfg) if a["name"] == "saved"}
+    if sources:  # a rescoring: the images every source run finished (and saved examples of)
+        from .runs import SurvivorSubset, load_run
+
+        finished = [{int(r["index"]) for r in load_run(f, "attack.source").records} for f in sorted(sources)]
+        dataset = SurvivorSubset(dataset, set.intersection(*finished))
+        if not len(dataset):
+            raise ConfigError(f"attack.source {sorted(sources)} holds no finished image of this data subset; "
+                              "nothing to rescore")
     digest = identity_hash(identity)
 
     dist = DistContext.from_env(cfg["run"]["device"], cfg["run"].get("dist_timeout_minutes"))
@@ -92,7 +112,7 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
         records = [done[i] for i in sorted(done)]  # read-only and finished: summarise, write nothing
         return summarise(cfg, digest, records, {"seconds": 0.0, "images": 0}, None, dist.device, out)
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)  # an unwritable parent: the fix (--out DIR), not an OSError traceback
     dist.barrier()
     dist.check_shared_folder(out)  # several nodes: refuse a node-local run.out up front
     lock = RunLock(out) if dist.is_main else contextlib.nullcontext()
@@ -260,7 +280,7 @@ def _write_diagnostic(out: Path, ev: Evaluator, x: Tensor, y: Tensor, extras: di
     results = []
     for j, (x_adv, attacked) in enumerate(extras["examples"]):
         rows = [batch_indices.index(i) for i in attacked]
-        if not rows or attack_sections(ev.cfg)[j]["name"] == "none" or ev.purifier is None:
+        if not rows or attack_sections(ev.cfg)[j]["name"] in ("none", "saved") or ev.purifier is None:
             results.append(None)  # nothing stochastic to measure
             continue
         generator = batch_generator(ev.cfg["run"]["seed"], b, 9_000 + j, ev.device)

@@ -1,0 +1,161 @@
+"""``hetpure combine`` and ``hetpure compare``: rows built from finished run folders, without recomputing.
+
+* :func:`combine` — the per-image worst case over several runs of the same data and defence (each run one
+  attack, or an ensemble): an image is robust when the clean evaluation is correct and every adversarial
+  evaluation of every run is correct. The **clean evaluation is the first listed run's**; the runs' images
+  are those all of them finished. The combined folder holds records in the ensemble layout (one outcome per
+  attack, ``source`` naming its run), ``config.json`` (the sources' hashes) and a summary, so it can itself be
+  compared, exported, combined again or conditioned on.
+* :func:`compare` — the paired table of two rows on the images both hold: wins and losses, exact McNemar p,
+  the paired vote-share difference with its standard error, for clean and robust accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, RecordsError
+from .counting import TIES, image_status, outcomes
+from .identity import identity_hash, portable_path
+from .records import RunLock, write_json_atomic
+from .report import summarise, summary_markdown
+from .runs import EVALUATED, RunFolder, check_same, load_run
+from .stats import paired_comparison
+
+
+def _sections(run: RunFolder) -> list[dict[str, Any]]:
+    a = run.config.get("attack") or {}
+    return list(a) if isinstance(a, list) else [a]
+
+
+def combined_records(runs: list[RunFolder], digest: str, ties: str) -> list[dict[str, Any]]:
+    """One record per image all runs finished: the first run's clean evaluation, every run's outcomes."""
+    maps = [r.by_index() for r in runs]
+    common = sorted(set.intersection(*(set(m) for m in maps)))
+    records = []
+    for i in common:
+        first = maps[0][i]
+        outs: list[dict[str, Any]] = []
+        for run, m in zip(runs, maps):
+            names = [a.get("name") for a in _sections(run)]
+            for j, o in enumerate(outcomes(m[i])):
+                outs.append({**o, "name": o.get("name") or (names[j] if j < len(names) else None),
+                             "source": run.name})
+        record = {k: first[k] for k in ("index", "label", "clean_prediction", "clean_votes") if k in first}
+        if len({int(m[i]["label"]) for m in maps}) > 1:  # the same data identity, so never; but never silently
+            raise RecordsError(f"image {i} has different labels in {', '.join(str(r.path) for r in runs)}")
+        record.update(attacks=outs, settings_hash=digest, worst_case_k=max(o.get("worst_case_k", 1) for o in outs))
+        status = image_status(record, ties)
+        shown = outs[status["broken_by"]] if status["broken_by"] is not None else outs[-1]
+        record.update(adversarial_prediction=shown.get("prediction"), adversarial_votes=shown.get("votes"),
+                      worst_case_correct=shown.get("worst_case_correct"),
+                      broken_by=None if status["broken_by"] is None else f"{shown['source']}:{shown['name']}")
+        seconds = [m[i].get("seconds") for m in maps if m[i].get("seconds") is not None]
+        if seconds:
+            record["seconds"] = sum(seconds)  # the image's cost in all runs together
+        records.append(record)
+    return records
+
+
+def combine(folders: list[str | Path], out: str | Path, ties: str = "wrong") -> dict[str, Any]:
+    """Combine finished run folders into the per-image worst-case row at ``out`` (see the module docstring).
+
+    Refuses runs that do not evaluate the same data, classifier, diffusion model and defence (naming the keys
+    that differ), and an ``out`` that holds another combination. Returns the summary (also written to ``out``).
+    """
+    if ties not in TIES:
+        raise ConfigError(f"ties must be one of {TIES}, got {ties!r}; fix: --ties wrong")
+    if len(folders) < 2:
+        raise ConfigError("combine needs at least two run folders (the worst case over one run is that run)")
+    runs = [load_run(f) for f in folders]
+    check_same(runs, EVALUATED, "combine")
+    out = Path(out)
+    if any(out.resolve() == r.path.resolve() for r in runs):
+        raise ConfigError(f"--out {out} is one of the runs being combined; give a new folder")
+    identity = {**{s: runs[0].identity.get(s) for s in EVALUATED},
+                "combined_from": [r.settings_hash for r in runs], "ties": ties}
+    digest = identity_hash(identity)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        _claim(out, digest)
+        records = combined_records(runs, digest, ties)
+        if not records:
+            raise ConfigError(f"the runs share no finished image; nothing to combine ({', '.join(map(str, folders))})")
+        cfg = runs[0].resolved_config()
+        cfg["attack"] = [a for r in runs for a in _sections(r)]
+        cfg["run"] = {**cfg.get("run", {}), "ties": ties, "out": str(out),
+                      "worst_case_k": max(int(r.get("worst_case_k", 1)) for r in records)}
+        tmp = out / ".records.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        os.replace(tmp, out / "records.jsonl")
+        sources = [{"folder": portable_path(str(r.path.resolve()), out), "settings_hash": r.settings_hash,
+                    "n": len(r.records)} for r in runs]
+        write_json_atomic(out / "config.json", {"settings_hash": digest, "identity": identity,
+                                                "config": _portable(cfg, out), "combined_from": sources})
+        summary = summarise(cfg, digest, records, {"seconds": 0.0, "images": 0}, None, torch.device("cpu"), out)
+        summary["combined_from"] = sources
+        summary["clean_evaluation_from"] = runs[0].name
+        write_json_atomic(out / "summary.json", summary)
+        (out / "summary.md").write_text(_combined_header(summary) + summary_markdown(summary))
+    return summary
+
+
+def _portable(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    from .identity import portable_config
+
+    return portable_config(cfg, out)
+
+
+def _claim(out: Path, digest: str) -> None:
+    file = out / "config.json"
+    if not file.exists():
+        return
+    try:
+        old = json.loads(file.read_text()).get("settings_hash")
+    except ValueError:
+        old = None
+    if old != digest:
+        raise RecordsError(f"{out} holds another combination or run (settings hash {old}); give combine another "
+                           "--out, or move the folder aside")
+
+
+def _combined_header(s: dict[str, Any]) -> str:
+    names = ", ".join(c["folder"] for c in s["combined_from"])
+    return (f"**Combined row: the per-image worst case over {len(s['combined_from'])} runs** ({names}). "
+            f"An image counts robust only if every adversarial evaluation of every run is correct; the clean "
+            f"evaluation is that of {s['clean_evaluation_from']}.\n\n")
+
+
+def compare(folder_a: str | Path, folder_b: str | Path, ties: str = "wrong") -> dict[str, Any]:
+    """The paired comparison of two rows (evaluated, combined or rescored folders) of the same data.
+
+    Refuses folders of different data (naming the key); the defences may differ (that is the comparison).
+    Returns ``{"row", "reference", "n", "clean": {...}, "robust": {...}}`` as
+    :func:`~hetpure.evaluation.stats.paired_comparison` computes it under the counting rules.
+    """
+    a, b = load_run(folder_a), load_run(folder_b)
+    check_same([a, b], ("data",), "compare")
+    result = paired_comparison(a.records, b.records, ties)
+    if not result["n"]:
+        raise ConfigError(f"{a.path} and {b.path} share no finished image; nothing to compare")
+    return {"row": a.name, "reference": b.name, **result}
+
+
+def compare_markdown(c: dict[str, Any]) -> str:
+    """The paired table of :func:`compare` in Markdown."""
+    lines = [f"Paired comparison of {c['row']} against {c['reference']} on {c['n']} images (wins = images only "
+             f"{c['row']} gets right; exact McNemar p; ties {c.get('ties', 'wrong')}):", "",
+             "| accuracy | difference (points) | wins / losses | p | vote-share difference ± SE |",
+             "|---|---|---|---|---|"]
+    for key in ("clean", "robust"):
+        r = c[key]
+        share = (f"{100 * r['vote_share_difference']:+.1f} ± {100 * r['vote_share_se']:.1f}"
+                 if "vote_share_difference" in r else "–")
+        lines.append(f"| {key} | {100 * r['difference']:+.1f} | {r['wins']} / {r['losses']} | {r['p_value']:.2g} | "
+                     f"{share} |")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""``hetpure rescore RUN_DIR --out DIR``: the two-phase protocol — score a run's saved adversarial examples again.
+
+Phase one (``hetpure evaluate``) crafts the examples and saves them (``run.save_adversarial``); phase two scores
+exactly those examples with fresh defence noise, any number of votes R (``--set defense.runs=32``), any K
+(``--set run.worst_case_k=…``), a new seed, or another defence (``--set defense.method=uniform …``: a transfer
+evaluation, marked as such in the summary). A rescoring is an ordinary run whose attacks are ``saved``
+sections (one per attack of the source): it has an identity that records the source run's identity, resumes
+like every run, and its summary and records follow the same counting rules.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .config import parse_set, resolve_config
+from .runs import load_run
+
+
+def rescore_config(run_dir: str | Path, out: str | Path,
+                   overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The evaluation config of a rescoring of ``run_dir`` into ``out`` (resolved and validated)."""
+    source = load_run(run_dir, "rescore RUN_DIR")
+    if not source.records:
+        raise ConfigError(f"{run_dir} has no finished image to rescore")
+    if any("adversarial_shard" not in r for r in source.records):
+        raise ConfigError(f"{run_dir} saved no adversarial examples (made before hetpure saved them, or with "
+                          "run.save_adversarial false); rerun it with --set run.save_adversarial=true into a new "
+                          "folder, then rescore that")
+    overrides = copy.deepcopy(overrides or {})
+    if "attack" in overrides:
+        raise ConfigError("rescore replays the saved examples, so attack settings cannot change (got --set attack."
+                          f"{next(iter(overrides['attack']))}); run hetpure evaluate for a new attack")
+    if "data" in overrides:
+        raise ConfigError("rescore scores the source run's images; data settings cannot change (got --set data."
+                          f"{next(iter(overrides['data']))})")
+    cfg = source.resolved_config()
+    sections = cfg["attack"] if isinstance(cfg["attack"], list) else [cfg["attack"]]
+    defense = resolve_config({**cfg, "attack": {"name": "none"}}, {"defense": overrides.get("defense", {})})["defense"]
+    source_defense = resolve_config({**cfg, "attack": {"name": "none"}})["defense"]
+    through = None if defense == source_defense else source_defense  # another defence: a transfer evaluation
+    saved = [{"name": "saved", "source": str(source.path), "slot": j, "norm": a.get("norm", "linf"),
+              "eps": a.get("eps"), **({"through": _through_keys(through)} if through else {})}
+             for j, a in enumerate(sections)]
+    cfg["attack"] = saved if len(saved) > 1 else saved[0]
+    cfg["run"] = {**cfg.get("run", {}), "out": str(out), "sanity": False}
+    return resolve_config(cfg, overrides)
+
+
+def _through_keys(defense: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in defense.items() if v is not None}
+
+
+def rescore(run_dir: str | Path, out: str | Path, overrides: dict[str, dict[str, Any]] | list[str] | None = None,
+            components: tuple[Any, Any, Any] | None = None) -> dict[str, Any]:
+    """Score the saved adversarial examples of ``run_dir`` again into ``out`` (see the module docstring);
+    ``overrides`` as ``{"defense": {"runs": 32}}`` or ``--set`` strings; ``components`` = (dataset, classifier,
+    purifier) in memory, as for :func:`~hetpure.evaluation.runner.evaluate`. Returns the summary."""
+    from .runner import evaluate
+
+    if isinstance(overrides, list):
+        overrides = parse_set(overrides)
+    if Path(out).resolve() == Path(run_dir).resolve():
+        raise ConfigError(f"--out {out} is the run being rescored; give a new folder")
+    return evaluate(rescore_config(run_dir, out, overrides), components=components)
