@@ -119,3 +119,35 @@ def freeze(*modules: nn.Module | None) -> None:
     for module in modules:
         if module is not None:
             module.requires_grad_(False)
+
+
+def check_run_device(name: str, key: str = "run.device") -> torch.device:
+    """The device a run computes on, refused with the fix when it cannot hold data here: not a device name,
+    ``meta`` (shapes without data), or an accelerator this machine does not have.
+
+    Example:
+        >>> from hetpure.devices import check_run_device
+        >>> check_run_device("cpu")
+        device(type='cpu')
+        >>> check_run_device("meta")
+        Traceback (most recent call last):
+            ...
+        hetpure.errors.ConfigError: run.device meta holds no data (a meta tensor is a shape without values) ...
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"{key} {name!r} is not a device ({exc}); fix: --set {key}=cpu") from exc
+    if device.type == "meta":
+        raise ConfigError(f"{key} meta holds no data (a meta tensor is a shape without values), so nothing can be "
+                          f"computed on it; fix: --set {key}=cpu (or cuda)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key} is cuda but no CUDA device is available here; fix: --set {key}=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{key} is {name} but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                          f"(cuda:0 … cuda:{torch.cuda.device_count() - 1}); fix: --set {key}=cuda:0")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"{key} is mps but no Apple GPU (MPS) is available here; fix: --set {key}=cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{key} {name!r}: hetpure runs on cpu, cuda or mps, not {device.type}; fix: --set {key}=cpu")
+    return device

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import HetpureError
+from .errors import HetpureError, describe_missing
 
 #: Suffixes read as images (case-insensitive): PNG, JPEG and WebP, and the other formats Pillow reads well.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -69,7 +69,7 @@ def find_images(source: str | Path, exclude: str | Path | None = None) -> list[I
     """
     root = Path(source).expanduser()
     if not root.exists():
-        raise HetpureError(f"input {source} does not exist; give an image file or a folder of images")
+        raise HetpureError(f"input {source} {describe_missing(root)}; give an image file or a folder of images")
     if root.is_file():
         if not root.name.lower().endswith(IMAGE_SUFFIXES):
             raise HetpureError(f"input {source} is not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
@@ -89,14 +89,16 @@ def find_images(source: str | Path, exclude: str | Path | None = None) -> list[I
 
 
 def _probe(file: ImageFile) -> ImageFile:
-    """Open the file's header: its size and mode, or a clear error for a file that is not a readable image."""
+    """Open the file: its size and mode (from the header), or a clear error for a file that is not a readable
+    image (the file is decoded once, so a truncated one is caught too)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(file.path) as im:
             width, height = im.size
             mode = im.mode
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+            im.load()  # decode once: a truncated or corrupt file is named now, before any model work
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise HetpureError(
             f"cannot read image {file.path}: {exc}; fix: remove the file or re-save it as PNG or JPEG"
         ) from exc

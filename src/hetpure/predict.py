@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .catalog import check_names, check_preset
 from .errors import ConfigError, HetpureError
 from .evaluation.config import resolve_config
-from .evaluation.records import RunLock, append_records, write_json_atomic
+from .evaluation.records import RunLock, append_records, make_folder, write_json_atomic
 from .images import ImageFile, check_images_fit, find_images, read_image, resize_image, write_image, write_mask
 
 __all__ = ["PREDICTION_FIELDS", "format_predictions", "predict_images", "purify_images", "resolve_model_config"]
@@ -38,6 +38,8 @@ __all__ = ["PREDICTION_FIELDS", "format_predictions", "predict_images", "purify_
 PREDICTION_FIELDS = ("file", "prediction", "class", "vote_share", "votes", "runs", "undefended_prediction",
                      "undefended_class", "note")
 LOG_NAME = "purify.jsonl"
+#: How ``hetpure purify`` users name its output folder (the fix in messages about it).
+OUTDIR = "output folder (purify's OUTDIR argument)"
 
 
 def resolve_model_config(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None = None
@@ -82,13 +84,9 @@ def _prepare(cfg: dict[str, Any], source: str | Path, exclude: str | Path | None
 
 
 def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"run.device {name!r} is not a device ({exc}); fix: --set run.device=cpu") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device is cuda but no CUDA device is available here; fix: --set run.device=cpu")
-    return device
+    from .devices import check_run_device
+
+    return check_run_device(name)
 
 
 def _load(cfg: dict[str, Any], inputs: _Inputs, device: torch.device) -> tuple[nn.Module, Any]:
@@ -189,6 +187,29 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _done(out: Path, log: list[dict[str, Any]], key: str) -> set[str]:
+    """The input files whose outputs on disk are this setting's: the newest line of each file decides (a run
+    with other settings in between rewrote the images), and the files must still be the ones that line
+    describes (their SHA-256, when the line records it: an interrupted later run may have replaced them)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for row in log:
+        if isinstance(row, dict) and "file" in row:
+            newest[row["file"]] = row
+
+    def intact(name: str | None, digest: str | None) -> bool:
+        if name is None:
+            return True
+        path = out / name
+        return path.is_file() and (digest is None or _sha256(path) == digest)
+
+    return {file for file, r in newest.items() if r.get("settings") == key and "image" in r
+            and intact(r["image"], r.get("image_sha256")) and intact(r.get("mask"), r.get("mask_sha256"))}
+
+
 def _check_names(files: list[ImageFile]) -> None:
     """Two inputs that would be written under one name (``a.jpg`` and ``a.png``) are refused."""
     seen: dict[str, str] = {}
@@ -204,9 +225,10 @@ def purify_images(config: dict[str, Any], source: str | Path, out: str | Path,
 
     Writes ``out/<relative name>.png`` at the input's size, ``out/<relative name>.mask.png`` (heterogeneous
     defences: the level weights as grey levels) and one ``out/purify.jsonl`` line per file (file, outputs,
-    size, mask fraction, ε-model calls, seconds, conversion note, settings key) as each batch finishes. A
-    rerun skips files whose line has the same settings key and whose outputs exist. ``out/purify_config.json``
-    holds the resolved config of the last run that wrote files (paths made portable).
+    size, mask fraction, ε-model calls, seconds, conversion note, settings key, SHA-256 of the outputs) as each
+    batch finishes. A rerun skips a file when its newest line has the same settings key and its outputs on disk
+    are still the files that line describes (a run with other settings in between is redone, not skipped).
+    ``out/purify_config.json`` holds the resolved config of the last run that wrote files (paths made portable).
     """
     cfg = resolve_model_config(config, overrides)
     if cfg["defense"]["method"] == "none":
@@ -219,11 +241,10 @@ def purify_images(config: dict[str, Any], source: str | Path, out: str | Path,
     _check_names(inputs.files)
     device = _device(cfg["run"]["device"])
     key = _settings_key(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
+    make_folder(out, OUTDIR)
+    with RunLock(out, OUTDIR):
         log = out / LOG_NAME
-        done = {r["file"] for r in _read_log(log) if r.get("settings") == key
-                and (out / r["image"]).exists() and (r.get("mask") is None or (out / r["mask"]).exists())}
+        done = _done(out, _read_log(log), key)
         todo = [f for f in inputs.files if f.relative not in done]
         if todo:
             write_json_atomic(out / "purify_config.json", {"settings": key, "config": _portable(cfg, out)})
@@ -258,7 +279,9 @@ def purify_images(config: dict[str, Any], source: str | Path, out: str | Path,
                 write_image(resize_image(pure[i].cpu(), f.size), out / image)
                 if mask is not None:
                     write_mask(weights[i], out / mask, f.size)
-                rows.append({"file": f.relative, "image": image, "mask": mask, "size": list(f.size),
+                digests = {"image_sha256": _sha256(out / image),
+                           "mask_sha256": _sha256(out / mask) if mask is not None else None}
+                rows.append({"file": f.relative, "image": image, "mask": mask, "size": list(f.size), **digests,
                              "mask_fraction": round(float(weights[i].mean()), 6) if i in weights else None,
                              "eps_calls": calls, "seconds": round(seconds, 4), "note": notes[i], "settings": key})
                 if notes[i]:

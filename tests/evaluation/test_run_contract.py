@@ -236,8 +236,9 @@ def test_mixed_image_sizes_are_a_clear_error(assets: Path, tmp_path: Path) -> No
     _png(tmp_path / "mixed" / "test" / "cat" / "0.png", 16)
     _png(tmp_path / "mixed" / "test" / "cat" / "1.png", 20)
     cfg = config(assets, tmp_path / "run", data={"root": str(tmp_path / "mixed"), "n": None})
-    with pytest.raises(HetpureError, match="different sizes"):
-        evaluate(cfg)
+    with pytest.raises(HetpureError, match=r"not all one size: .*cat/(0|1)\.png is 3×(16|20)×(16|20)"):
+        evaluate(cfg)  # every file checked from its header before the first batch (not when its batch is stacked)
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------------------------------

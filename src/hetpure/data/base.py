@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 
 MNIST_CLASSES: list[str] = [str(d) for d in range(10)]
 CIFAR10_CLASSES: list[str] = [
@@ -152,6 +152,9 @@ class ImageDataset(Dataset):
                 f"{len(self)}; "
                 f"use n <= {len(self)} or n=None for all of them"
             )
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+            raise InputError(f"seed must be a whole number from 0 to 2**32 - 1 (the seed of NumPy's RandomState "
+                             f"draw), got {seed!r}; fix: seed=0")
         perm = np.random.RandomState(int(seed)).permutation(len(self))[: int(n)]
         return self.with_indices(perm.tolist())
 

@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import DataError, describe_missing
 from .base import _SPLIT_NAMES, IMAGE_EXTENSIONS, ImageDataset, _to_float
+
+_UNREADABLE_FIX = "fix: re-save it as PNG or JPEG, or move it out of the data folder"
 
 # --------------------------------------------------------------------------------------------------------
 # Image folder trees (generic, ImageNet)
@@ -121,8 +123,9 @@ class ImageFolderDataset(ImageDataset):
     @staticmethod
     def _split_folder(root: Path, split: str | None, name: str) -> Path:
         if not root.is_dir():
+            why = "is a file, not a folder" if root.is_file() else describe_missing(root)
             raise DataError(
-                f"{name}: folder {root} does not exist; expected a tree root/<class>/<image> "
+                f"{name}: folder {root} {why}; expected a tree root/<class>/<image> "
                 "(optionally root/<split>/<class>/<image>)"
             )
         if split is None or (root / split).is_dir():
@@ -144,33 +147,71 @@ class ImageFolderDataset(ImageDataset):
                 im = im.convert(self.mode)
                 im = self._resize_crop(im, path)
                 arr = np.array(im, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"could not read image {path}: {exc}") from exc
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            raise DataError(f"could not read image {path}: {exc}; {_UNREADABLE_FIX}") from exc
         if arr.ndim == 2:
             arr = arr[:, :, None]
         return _to_float(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
+
+    def _resized(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height) of a w×h image after ``resize`` (before the crop)."""
+        if self.resize is None:
+            return w, h
+        if isinstance(self.resize, int):
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = self.resize, int(self.resize * long / short)
+            return (new_short, new_long) if w <= h else (new_long, new_short)
+        return self.resize[1], self.resize[0]
+
+    def _check_crop(self, w: int, h: int, path: str) -> None:
+        if self.center_crop is not None and (self.center_crop[0] > h or self.center_crop[1] > w):
+            ch, cw = self.center_crop
+            raise DataError(
+                f"image {path} is {h}x{w}, smaller than the center crop {ch}x{cw}; set resize= to at "
+                "least the crop size"
+            )
+
+    def image_shapes(self) -> dict[tuple[int, int, int], list[str]]:
+        """The (C, H, W) each selected item will have, with the files of each shape, read from the files'
+        headers (no resampling), every file decoded once so that a corrupt one is named now, not mid-run.
+
+        Raises :class:`~hetpure.errors.DataError` naming a file that cannot be read, or one smaller than the
+        center crop. With a ``transform`` the shapes are not known from the headers: every file is still
+        decoded, and the shape of the first item stands for all.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        channels = 1 if self.mode == "L" else 3
+        shapes: dict[tuple[int, int, int], list[str]] = {}
+        for j in self.indices:
+            path = self.samples[j][0]
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+                    im.load()  # decode: a truncated or corrupt file fails here, before any model work
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+                raise DataError(f"cannot read image {path}: {exc}; {_UNREADABLE_FIX}") from exc
+            w, h = self._resized(w, h)
+            self._check_crop(w, h, path)
+            if self.center_crop is not None:
+                h, w = self.center_crop
+            shapes.setdefault((channels, h, w), []).append(path)
+        if self.transform is not None:
+            return {tuple(self[0][0].shape): [self.samples[j][0] for j in self.indices]}  # type: ignore[dict-item]
+        return shapes
 
     def _resize_crop(self, im: Any, path: str) -> Any:
         from PIL import Image
 
         if self.resize is not None:
             w, h = im.size
-            if isinstance(self.resize, int):
-                short, long = (w, h) if w <= h else (h, w)
-                new_short, new_long = self.resize, int(self.resize * long / short)
-                size = (new_short, new_long) if w <= h else (new_long, new_short)
-            else:
-                size = (self.resize[1], self.resize[0])
+            size = self._resized(w, h)
             if size != (w, h):
                 im = im.resize(size, Image.BILINEAR)
         if self.center_crop is not None:
             ch, cw = self.center_crop
             w, h = im.size
-            if ch > h or cw > w:
-                raise DataError(
-                    f"image {path} is {h}x{w}, smaller than the center crop {ch}x{cw}; set resize= to at "
-                    "least the crop size"
-                )
+            self._check_crop(w, h, path)
             top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
             im = im.crop((left, top, left + cw, top + ch))
         return im

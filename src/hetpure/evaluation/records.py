@@ -97,16 +97,35 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+#: How ``hetpure evaluate`` users name the run folder (the fix in messages about it).
+RUN_OUT = "run.out (--out DIR)"
+
+
+def make_folder(folder: str | Path, named: str = RUN_OUT) -> Path:
+    """Create ``folder`` (and its parents) if needed; a folder that cannot be created is a :class:`RecordsError`
+    naming the fix in the user's spelling ``named`` (``run.out (--out DIR)``, purify's ``OUTDIR``)."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecordsError(f"cannot create the output folder {path}: {exc.strerror or exc}; fix: make its parent "
+                           f"writable, or give another {named}") from exc
+    return path
+
+
 class RunLock:
     """Exclusive writer lock of a run folder (a ``filelock.FileLock`` on ``<folder>/.hetpure.lock``).
 
-    A second run into the same folder is refused at once with the fix, instead of writing every record twice.
+    A second run into the same folder is refused at once with the fix, instead of writing every record twice;
+    a folder this process cannot write into (read-only, another user's) is refused with the fix too. ``named``
+    is how the user names the folder (``run.out (--out DIR)``, or purify's ``OUTDIR`` argument).
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, named: str = RUN_OUT) -> None:
         from filelock import FileLock
 
         self.folder = Path(folder)
+        self.named = named
         self._lock = FileLock(str(self.folder / LOCK_NAME))
 
     def __enter__(self) -> RunLock:
@@ -117,8 +136,19 @@ class RunLock:
         except Timeout as exc:
             raise RecordsError(
                 f"another hetpure run is writing into {self.folder} (lock {LOCK_NAME} held); wait for it to "
-                "finish, or give this run another run.out (--out DIR)"
+                f"finish, or give this run another {self.named}"
             ) from exc
+        except OSError as exc:  # a read-only or unwritable folder: filelock cannot create its lock file
+            raise RecordsError(
+                f"cannot write into {self.folder}: {exc.strerror or exc}; fix: make the folder writable "
+                f"(chmod u+w), or give this run another {self.named}"
+            ) from exc
+        if not os.access(self.folder, os.W_OK):  # a lock file that already existed does not prove we can write
+            self._lock.release()
+            raise RecordsError(
+                f"cannot write into {self.folder}: permission denied; fix: make the folder writable (chmod u+w), "
+                f"or give this run another {self.named}"
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:

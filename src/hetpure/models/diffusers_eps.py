@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, DownloadError, HetpureError, MissingDependencyError
+from ..errors import CheckpointError, DownloadError, HetpureError, MissingDependencyError, describe_missing
 from ..schedule import NoiseSchedule, cosine_betas
 from .base import EpsModel
 
@@ -86,24 +88,115 @@ class DiffusersEps(EpsModel):
         if path.is_dir():
             if subfolder is None and not (path / "config.json").exists() and (path / "unet" / "config.json").exists():
                 subfolder = "unet"
-            if not (path / (subfolder or "") / "config.json").exists():
-                raise CheckpointError(
-                    f"{path} has no config.json: point at a diffusers UNet2DModel folder "
-                    "(config.json + diffusion_pytorch_model.safetensors)"
-                )
-            unet = UNet2DModel.from_pretrained(str(path), subfolder=subfolder, use_safetensors=None,
-                                               **_low_memory_kwargs())
-            sched_cfg = None
+            _check_folder(path, path / (subfolder or ""))
+            try:
+                unet = UNet2DModel.from_pretrained(str(path), subfolder=subfolder, use_safetensors=None,
+                                                   **_low_memory_kwargs())
+            except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:  # diffusers' many types
+                raise CheckpointError(_damaged(path / (subfolder or ""), exc)) from exc
+            sched_cfg, where = None, path
             for candidate in (path / "scheduler_config.json", path / "scheduler" / "scheduler_config.json"):
                 if candidate.exists():
-                    sched_cfg = json.loads(candidate.read_text())
+                    sched_cfg, where = _read_json(candidate, "scheduler config"), candidate
                     break
+        elif path.exists() or path.is_symlink():
+            raise CheckpointError(f"diffusion model path {name_or_path} is not a folder; point at a diffusers "
+                                  "UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors)")
         elif str(name_or_path).startswith((".", "/", "~")) or Path(name_or_path).suffix:
-            raise CheckpointError(f"diffusion model folder {name_or_path} does not exist; check the path")
+            raise CheckpointError(f"diffusion model folder {name_or_path} {describe_missing(path)}; check the path")
         else:
             unet, sched_cfg = _from_hub(str(name_or_path), subfolder)
-        schedule = schedule_from_scheduler_config(sched_cfg) if sched_cfg else NoiseSchedule.linear()
+            where = Path(str(name_or_path))
+        if not sched_cfg:
+            warnings.warn(
+                f"{where} has no scheduler_config.json: assuming DDPM's linear β schedule (β from 1e-4 to 0.02 "
+                "over 1000 steps). A model trained with another schedule (e.g. cosine, squaredcos_cap_v2) would "
+                "be purified with the wrong noise levels: add its scheduler_config.json to the folder",
+                UserWarning, stacklevel=2,
+            )
+            return cls(unet.eval(), NoiseSchedule.linear())
+        try:
+            schedule = schedule_from_scheduler_config(sched_cfg)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"the scheduler config of {where} is not usable ({exc}); fix: restore "
+                                  "scheduler_config.json from the model's source") from exc
         return cls(unet.eval(), schedule)
+
+
+#: Weights files diffusers looks for in a UNet folder (plain or sharded, safetensors or torch).
+_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                 "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
+
+
+def _read_json(file: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``file``; a :class:`CheckpointError` naming the file and the fix otherwise."""
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{file} (the {what}) is not valid JSON: {exc}; fix: restore it from the model's "
+                              "source, or re-save the model with save_pretrained") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} (the {what}) must hold a JSON object, got {type(data).__name__}; fix: "
+                              "restore it from the model's source")
+    return data
+
+
+def _check_folder(root: Path, unet_dir: Path) -> None:
+    """Refuse a damaged diffusers folder before diffusers reads it: no or invalid config.json, no weights, a
+    safetensors file that is not one (random bytes) or is cut short (its header promises more bytes)."""
+    config = unet_dir / "config.json"
+    if not config.exists():
+        raise CheckpointError(
+            f"{root} has no config.json: point at a diffusers UNet2DModel folder "
+            "(config.json + diffusion_pytorch_model.safetensors)"
+        )
+    _read_json(config, "UNet config")
+    found = [unet_dir / name for name in _WEIGHT_NAMES if (unet_dir / name).exists()]
+    if not found:
+        present = sorted(p.name for p in unet_dir.iterdir() if p.is_file())
+        raise CheckpointError(
+            f"{unet_dir} has no weights file: expected {_WEIGHT_NAMES[0]} (or {_WEIGHT_NAMES[1]}) next to "
+            f"config.json; found {', '.join(present) or 'nothing else'}. Fix: copy the model's weights file into "
+            "the folder (or re-save it with save_pretrained)"
+        )
+    weights = unet_dir / _WEIGHT_NAMES[0]
+    if weights.exists():
+        problem = _safetensors_problem(weights)
+        if problem:
+            raise CheckpointError(f"{weights} {problem}; fix: copy the weights file again from the model's source "
+                                  "(or re-save the model with save_pretrained)")
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why ``file`` is not a whole safetensors file (None when its header and size agree)."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 2 <= n <= min(size - 8, 100_000_000):
+                return "is not a safetensors file (its first bytes are not a safetensors header)"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "is not a safetensors file (its header is not valid JSON)"
+    if not isinstance(header, dict):
+        return "is not a safetensors file (its header is not a JSON object)"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        return f"is truncated: its header describes {need} bytes but the file has {size}"
+    return None
+
+
+def _damaged(folder: Path, exc: BaseException) -> str:
+    """The message for a folder diffusers could not load (the checks above pass, e.g. weights of another config)."""
+    text = " ".join(str(exc).split())
+    if "size mismatch" in text or "Error(s) in loading state_dict" in text:
+        return (f"the weights in {folder} do not fit its config.json ({text[:300]}); fix: use the config.json that "
+                "came with these weights")
+    return (f"could not load the diffusers model in {folder}: {type(exc).__name__}: {text[:300]}; fix: check that "
+            "config.json and the weights file belong together and are complete (re-save with save_pretrained)")
 
 
 def _from_hub(repo_id: str, subfolder: str | None) -> tuple[nn.Module, dict[str, Any] | None]:
