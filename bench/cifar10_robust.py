@@ -6,6 +6,7 @@ OUT defaults to docs/results/records/cifar10, which is committed, so a long tabl
 sessions. Commands:
 
     python bench/cifar10_robust.py table  [--n 256] [--rows ...] [--tuned-tl 0.2 --tuned-tau 0.7]
+    python bench/cifar10_robust.py summaries [--rows ...]    # re-summarise every committed row, no recompute
     python bench/cifar10_robust.py tune   [--n 256]          # TRAIN split: picks τ and t_l for "tuned"
                                       [--screen-n 32 --keep 2]  # successive halving over the grid
     python bench/cifar10_robust.py sweep  [--n 16]           # t_l × τ grid, plot of clean/robust accuracy
@@ -175,6 +176,34 @@ def merge_into(target: Path, items: list[dict[str, Any]], key: Any, order: Any) 
     target.write_text(json.dumps([merged[k] for k in order if k in merged], indent=2) + "\n")
 
 
+def entry_of(row: str, s: dict[str, Any], twin: str | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """A row's printed cells and its JSON entry from its summary (counting rules: docs/evaluation.md)."""
+    a = s["config"]["attack"]
+    ci, cci = s["robust_accuracy_ci95"], s["clean_accuracy_ci95"]
+    d = s["config"]["defense"]
+    setting = describe(d) + (f" (attacked: {describe(a['through'])})" if a.get("through") else "")
+    cells = [row, setting, s["n"], f"{pct(s['clean_accuracy'])} ({pct(cci[0])}–{pct(cci[1])})",
+             f"{pct(s['robust_accuracy'])} ({pct(ci[0])}–{pct(ci[1])})", pct(s["adversarial_accuracy"]),
+             pct(s["robust_accuracy_worst_case"]), s["eps_calls"]["defence_per_purification"],
+             s["eps_calls"]["attack_per_image"], f"{s['seconds_per_image']:.1f}"]
+    entry = {
+        "defense": row, "settings": d, "counting": s["counting"], "clean_accuracy": s["clean_accuracy"],
+        "clean_accuracy_ci95": cci, "robust_accuracy": s["robust_accuracy"], "robust_accuracy_ci95": ci,
+        "adversarial_accuracy": s["adversarial_accuracy"], "adversarial_accuracy_ci95": s["adversarial_accuracy_ci95"],
+        "robust_accuracy_worst_case": s["robust_accuracy_worst_case"], "n": s["n"],
+        "attack": {k: a[k] for k in ("name", "norm", "eps", "step_size", "steps", "eot", "gradient",
+                                     "surrogate_ddim_steps")},
+        **({"attacked_through": a["through"]} if a.get("through") else {}),
+        "eps_calls": s["eps_calls"], "seconds_per_image": s["seconds_per_image"], "machine": s["machine"],
+        "finished": s["finished"], **({"records_from": twin} if twin else {}),
+    }
+    return cells, entry
+
+
+HEADERS = ["defence", "settings", "n", "clean % (95% CI)", "robust % (95% CI)", "adversarial %", "worst-of-K %",
+           "ε-calls/purification", "attack ε-calls/image", "s/image"]
+
+
 def table(args: argparse.Namespace) -> None:
     out = Path(args.out)
     rows, data = [], []
@@ -182,35 +211,46 @@ def table(args: argparse.Namespace) -> None:
         cfg = row_config(row, args, n=row_images(row, args))
         cfg["run"]["out"] = str(out / row)
         twin = adopt_twin(cfg, out / row)
-        s = run_row(cfg, out / row)
-        a = s["config"]["attack"]
-        ci, cci = s["robust_accuracy_ci95"], s["clean_accuracy_ci95"]
-        d = s["config"]["defense"]
-        setting = describe(d) + (f" (attacked: {describe(a['through'])})" if a.get("through") else "")
-        rows.append([row, setting, s["n"], f"{pct(s['clean_accuracy'])} ({pct(cci[0])}–{pct(cci[1])})",
-                     f"{pct(s['robust_accuracy'])} ({pct(ci[0])}–{pct(ci[1])})",
-                     pct(s["robust_accuracy_worst_case"]), s["eps_calls"]["defence_per_purification"],
-                     s["eps_calls"]["attack_per_image"], f"{s['seconds_per_image']:.1f}"])
-        data.append({
-            "defense": row, "settings": d, "clean_accuracy": s["clean_accuracy"],
-            "clean_accuracy_ci95": cci, "robust_accuracy": s["robust_accuracy"], "robust_accuracy_ci95": ci,
-            "robust_accuracy_worst_case": s["robust_accuracy_worst_case"], "n": s["n"],
-            "attack": {k: a[k] for k in ("name", "norm", "eps", "step_size", "steps", "eot", "gradient",
-                                         "surrogate_ddim_steps")},
-            **({"attacked_through": a["through"]} if a.get("through") else {}),
-            "eps_calls": s["eps_calls"], "seconds_per_image": s["seconds_per_image"], "machine": s["machine"],
-            "finished": s["finished"], **({"records_from": twin} if twin else {}),
-        })
-    headers = ["defence", "settings", "n", "clean % (95% CI)", "robust % (95% CI)", "worst-of-K %",
-               "ε-calls/purification", "attack ε-calls/image", "s/image"]
-    print()
-    print_table(headers, rows)
+        cells, entry = entry_of(row, run_row(cfg, out / row), twin)
+        rows.append(cells)
+        data.append(entry)
+    write_table(out, rows, data, list(args.rows))
+
+
+def write_table(out: Path, rows: list[list[Any]], data: list[dict[str, Any]], names: list[str]) -> None:
+    print("\ncounting: robust = clean-correct and every adversarial evaluation correct; a shared top vote is wrong\n")
+    print_table(HEADERS, rows)
     target = REPO / "docs/results/cifar10_robust.json"
     merge_into(target, data, lambda r: r["defense"], ROWS)
     print(f"\nwrote {target.relative_to(REPO)}")
-    comparisons = print_paired(out, list(args.rows))
+    comparisons = print_paired(out, names)
     if comparisons:
         merge_into(REPO / "docs/results/cifar10_paired.json", comparisons, lambda r: (r["row"], r["reference"]), PAIRS)
+
+
+def summaries(args: argparse.Namespace) -> None:
+    """Re-summarise every committed row from its own config.json (no record added: every image is finished),
+    under the counting rules of this hetpure, and refresh the JSON tables."""
+    from hetpure.evaluation.runs import load_run
+
+    out = Path(args.out)
+    rows, data, names = [], [], []
+    for row in args.rows:
+        if not (out / row / "config.json").exists():
+            continue
+        run = load_run(out / row)
+        print(f"\n== {row} ==", flush=True)
+        before = len(run.records)
+        s = evaluate(run.resolved_config())
+        if s["n"] != before or s["images_this_session"]:
+            sys.exit(f"{row}: re-summarising computed images ({s['images_this_session']}); it must only summarise")
+        twin = next((e.get("records_from") for e in json.loads((REPO / "docs/results/cifar10_robust.json").read_text())
+                     if e["defense"] == row), None)
+        cells, entry = entry_of(row, s, twin)
+        rows.append(cells)
+        data.append(entry)
+        names.append(row)
+    write_table(out, rows, data, names)
 
 
 def paired(out: Path, row: str, reference: str) -> dict[str, Any] | None:
@@ -224,7 +264,7 @@ def paired(out: Path, row: str, reference: str) -> dict[str, Any] | None:
         digest = json.loads(summary.read_text())["settings_hash"]
         return [r for r in read_records(out / name / "records.jsonl") if r["settings_hash"] == digest]
 
-    result = paired_comparison(load(row), load(reference))
+    result = paired_comparison(load(row), load(reference), "wrong")
     return {"row": row, "reference": reference, **result} if result["n"] else None
 
 
@@ -587,7 +627,8 @@ def figures(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["table", "tune", "sweep", "figures", "ablations", "cost"], nargs="?",
+    parser.add_argument("command", choices=["table", "summaries", "tune", "sweep", "figures", "ablations", "cost"],
+                        nargs="?",
                         default="table")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--n-exact", type=int, default=None, help="n for the exact and adjoint rows (default --n)")
@@ -618,7 +659,7 @@ def main() -> None:
     parser.add_argument("--tl-grid", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.35])
     parser.add_argument("--tau-grid", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     args = parser.parse_args()
-    {"table": table, "tune": tune, "sweep": sweep, "figures": figures, "ablations": ablations,
+    {"table": table, "summaries": summaries, "tune": tune, "sweep": sweep, "figures": figures, "ablations": ablations,
      "cost": cost}[args.command](args)
 
 

@@ -98,6 +98,9 @@ def combine(folders: list[str | Path], out: str | Path, ties: str = "wrong") -> 
         write_json_atomic(out / "config.json", {"settings_hash": digest, "identity": identity,
                                                 "config": _portable(cfg, out), "combined_from": sources})
         summary = summarise(cfg, digest, records, {"seconds": 0.0, "images": 0}, None, torch.device("cpu"), out)
+        labels = [f"{r.name}:{a.get('name')}" for r in runs for a in _sections(r)]
+        for entry, label in zip(summary["per_attack"], labels):
+            entry["attack"] = label  # which run's attack broke the image first
         summary["combined_from"] = sources
         summary["clean_evaluation_from"] = runs[0].name
         write_json_atomic(out / "summary.json", summary)
