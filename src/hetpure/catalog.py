@@ -29,6 +29,10 @@ _ATTACKS = {
     "apgd-dlr": "Auto-PGD with EOT on the DLR loss (Croce & Hein 2020)",
     "mask-pgd": "PGD-EOT that puts its perturbation where heterogeneous purification adds little noise",
     "lowfreq-pgd": "PGD-EOT on a coarse grid upsampled to the image (low frequencies survive noising)",
+    "diffattack": "DiffAttack (Kang et al. 2023): APGD on the classifier loss + λ × deviated-reconstruction loss "
+                  "along the reverse chain",
+    "diffhammer": "DiffHammer (Wang et al. 2024): N purifications, EM weights of the shared vulnerability, one grafted "
+                  "backward pass, APGD steps",
 }
 _METHODS = {
     "none": "the bare classifier (no purification)",

@@ -117,6 +117,15 @@ CHANGES_NUMBERS: list[tuple[str, str, Any, dict[str, dict[str, Any]]]] = [
     ("attack", "attention_weight", 0.5, {"attack": {"name": "mask-pgd"}}),
     ("attack", "grid", 4, {"attack": {"name": "lowfreq-pgd"}}),
     ("attack", "upsample", "nearest", {"attack": {"name": "lowfreq-pgd"}}),
+    ("attack", "keep", "best", {}),  # keep and keep_every: only when keep is not last (ATTACK_KEYS)
+    ("attack", "keep_every", 3, {"attack": {"keep": "first_broken"}}),
+    ("attack", "diffattack_weight", 0.5, {"attack": {"name": "diffattack"}}),  # each read by its attack only
+    ("attack", "diffattack_every", 2, {"attack": {"name": "diffattack"}}),
+    ("attack", "diffattack_loss", "dlr", {"attack": {"name": "diffattack"}}),
+    ("attack", "diffhammer_samples", 4, {"attack": {"name": "diffhammer"}}),
+    ("attack", "diffhammer_k", 1.0, {"attack": {"name": "diffhammer"}}),
+    ("attack", "diffhammer_em_steps", 2, {"attack": {"name": "diffhammer"}}),
+    ("attack", "diffhammer_loss", "ce", {"attack": {"name": "diffhammer"}}),
     ("attack", "through", {"method": "uniform"}, {}),  # a transfer attack through another pipeline
     ("run", "batch_size", 8, {}),  # each batch's random streams are seeded by its index
     ("run", "seed", 1, {}),
@@ -187,6 +196,20 @@ def test_a_setting_that_keeps_numbers_keeps_the_identity(files: dict[str, Path],
     changed = with_changes(cfg, {section: {key: value}})
     assert resolve_config(changed)[section][key] != resolve_config(cfg)[section][key]
     assert identity(changed) == identity(cfg)
+
+
+@pytest.mark.parametrize("attack, change", [
+    ({"name": "pgd"}, {"diffattack_weight": 3.0}),  # an attack key that pgd does not read
+    ({"name": "apgd-ce"}, {"diffhammer_samples": 3, "diffhammer_loss": "ce"}),
+    ({"name": "diffattack"}, {"diffhammer_k": 0.0}),
+    ({"name": "pgd"}, {"keep_every": 5}),  # keep_every without keep: first_broken
+    ({"name": "pgd", "keep": "best"}, {"keep_every": 5}),
+    ({"name": "mask-pgd"}, {"keep_every": 5}),
+])
+def test_attack_keys_enter_only_the_identity_of_the_attacks_that_read_them(files: dict[str, Path], attack: dict,
+                                                                           change: dict) -> None:
+    cfg = with_changes(base_config(files), {"attack": attack})
+    assert identity(with_changes(cfg, {"attack": change})) == identity(cfg)
 
 
 def test_the_identity_is_deterministic(files: dict[str, Path]) -> None:

@@ -1,5 +1,9 @@
 """Attacks: each a small class called as ``attack(model, x, y) -> x_adv`` on [0, 1] images.
 
+The general attacks (FGSM, PGD, APGD), hetpure's own adaptive ones (mask-aware and low-frequency PGD) and the
+published attacks on diffusion purification (DiffAttack, DiffHammer), one file each; ``keep`` (last, best,
+first_broken) is in :mod:`hetpure.attacks.keep`.
+
 ``defended_model`` builds the module an attack differentiates for a purifier: through the S-step
 surrogate, through the exact sampler with per-step gradient checkpointing, or with BPDA (identity backward).
 For a large ε-model (:func:`hetpure.devices.is_large_eps_model`: ADM 256², NCSN++) the differentiated pass
@@ -21,7 +25,10 @@ from ..errors import ConfigError
 from ..purify import Purifier
 from .adaptive import MASK_MODES, LowFrequencyPGD, MaskAwarePGD, attention_overlap
 from .apgd import APGD, APGDCE, APGDDLR, apgd_checkpoints
-from .base import Attack, cross_entropy, dlr_loss, project
+from .base import KEEP_MODES, Attack, Judge, cross_entropy, dlr_loss, project
+from .diffattack import DiffAttack, deviated_reconstruction
+from .diffhammer import DiffHammer, em_weights, n_evaluation_correct
+from .keep import Keeper, rescore_summary
 from .pgd import FGSM, PGD
 
 GRADIENTS = ("surrogate", "exact", "bpda", "adjoint")
@@ -88,6 +95,8 @@ ATTACKS: dict[str, type[Attack]] = {
     "apgd-dlr": APGDDLR,
     "mask-pgd": MaskAwarePGD,
     "lowfreq-pgd": LowFrequencyPGD,
+    "diffattack": DiffAttack,
+    "diffhammer": DiffHammer,
 }
 #: Config keys whose constructor parameter has another name.
 CONFIG_KEY_OF_PARAMETER = {"mode": "mask_mode"}
@@ -106,8 +115,13 @@ def attack_class(name: str) -> type[Attack]:
 
 def attack_kwargs(name: str, config: dict[str, Any], **given: Any) -> dict[str, Any]:
     """Constructor arguments of attack ``name`` read from an ``attack`` config section by parameter name
-    (``None`` values keep the constructor's default); ``given`` (e.g. the generator) is passed as it is."""
+    (``None`` values keep the constructor's default); ``given`` (e.g. the generator) is passed as it is. A
+    ``keep`` other than ``last`` for an attack that does not take it is refused."""
     params = inspect.signature(attack_class(name).__init__).parameters
+    if config.get("keep") not in (None, "last") and "keep" not in params:
+        takers = [n for n, cls in ATTACKS.items() if "keep" in inspect.signature(cls.__init__).parameters]
+        raise ConfigError(f"attack.keep {config['keep']} is not supported by {name} (it returns its last iterate); "
+                          f"the attacks that take it: {', '.join(takers)}; fix: --set attack.keep=last")
     kwargs: dict[str, Any] = {}
     for param in params:
         if param == "self":
@@ -129,7 +143,8 @@ def make_attack(name: str, **kwargs: Any) -> Attack | None:
 
 
 __all__ = [
-    "APGD", "APGDCE", "APGDDLR", "ATTACKS", "Attack", "BPDAPurified", "FGSM", "GRADIENTS", "LowFrequencyPGD",
-    "MASK_MODES", "MaskAwarePGD", "PGD", "apgd_checkpoints", "attack_class", "attack_kwargs", "attention_overlap",
-    "cross_entropy", "defended_model", "dlr_loss", "make_attack", "project",
+    "APGD", "APGDCE", "APGDDLR", "ATTACKS", "Attack", "BPDAPurified", "DiffAttack", "DiffHammer", "FGSM", "GRADIENTS",
+    "KEEP_MODES", "Judge", "Keeper", "LowFrequencyPGD", "MASK_MODES", "MaskAwarePGD", "PGD", "apgd_checkpoints",
+    "attack_class", "attack_kwargs", "attention_overlap", "cross_entropy", "defended_model", "deviated_reconstruction",
+    "dlr_loss", "em_weights", "make_attack", "n_evaluation_correct", "project", "rescore_summary",
 ]

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import Attack, cross_entropy, dlr_loss, project, random_start, steepest_step
+from .base import LOSSES, Attack, project, random_start, steepest_step
+from .keep import Keeper
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -25,32 +26,42 @@ class APGD(Attack):
     condition 2: neither the step size nor the best loss changed since), restarting from the best point.
 
     ``loss`` is ``"ce"`` or ``"dlr"``; every loss value and gradient is an EOT average over ``eot`` passes.
-    Returns, per image, the last point the EOT-averaged prediction got wrong, else the highest-loss point.
+    Returns, per image, the last point the EOT-averaged prediction got wrong, else the highest-loss point
+    (``keep="last"``); ``keep="best"`` returns the highest-loss point, ``keep="first_broken"`` the first iterate
+    the judge finds wrong (:mod:`hetpure.attacks.keep`).
     """
 
     name = "apgd"
+    losses: tuple[str, ...] = ("ce", "dlr")  # the ``loss`` values this class takes (:data:`~.base.LOSSES`)
 
     def __init__(self, eps: float | None = None, norm: str = "linf", steps: int = 100, loss: str = "ce",
                  eot: int = 20, rho: float = 0.75, random_start: bool = True, eot_batch: int | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, keep: str = "last", keep_every: int = 1) -> None:
         eps = (8 / 255 if norm == "linf" else 0.5) if eps is None else eps
-        super().__init__(eps, norm, eot, eot_batch, generator)
-        if loss not in ("ce", "dlr"):
-            raise ConfigError(f"APGD loss must be 'ce' or 'dlr', got {loss!r}")
+        super().__init__(eps, norm, eot, eot_batch, generator, keep, keep_every)
+        if loss not in self.losses:
+            raise ConfigError(f"{type(self).__name__} loss must be one of {', '.join(self.losses)}, got {loss!r}")
         if steps < 1:
             raise ConfigError(f"steps must be >= 1, got {steps}")
         self.steps, self.loss, self.rho, self.random_start = int(steps), loss, float(rho), bool(random_start)
         self.name = f"apgd-{loss}"
 
+    def fooled(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Whether the iterate just evaluated counts as adversarial (the ``last`` rule): its EOT-averaged logits'
+        argmax is wrong."""
+        return logits.argmax(1) != y
+
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        loss_fn = cross_entropy if self.loss == "ce" else dlr_loss
+        loss_fn = LOSSES[self.loss]
         b = x.shape[0]
         view = (-1, 1, 1, 1)
+        keeper = Keeper(self, x, y)
         x_adv = random_start(x, self.eps, self.norm, self.generator) if self.random_start else x.clone()
         grad, loss, logits = self.gradient(model, x_adv, y, loss_fn)
+        keeper.observe(x_adv, loss)
         x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
         # per-image selections are torch.where, not boolean indexing (which syncs the device for nonzero())
-        x_best_adv = torch.where((logits.argmax(1) != y).view(view), x_adv, x)
+        x_best_adv = torch.where(self.fooled(logits, y).view(view), x_adv, x)
         step = torch.full((b,), 2 * self.eps, device=x.device)
         x_prev = x_adv.clone()
         checkpoints = apgd_checkpoints(self.steps)
@@ -63,7 +74,9 @@ class APGD(Attack):
                 z = project(x_adv + 0.75 * (z - x_adv) + 0.25 * (x_adv - x_prev), x, self.eps, self.norm)
             x_prev, x_adv = x_adv, z
             grad, loss, logits = self.gradient(model, x_adv, y, loss_fn)
-            x_best_adv = torch.where((logits.argmax(1) != y).view(view), x_adv, x_best_adv)
+            keeper.observe(x_adv, loss)
+            keeper.judge(k + 1, x_adv, final=k + 1 == self.steps)
+            x_best_adv = torch.where(self.fooled(logits, y).view(view), x_adv, x_best_adv)
             increases += (loss > loss_prev).float()
             loss_prev = loss.clone()
             better = loss > loss_best
@@ -80,8 +93,10 @@ class APGD(Attack):
                 grad = torch.where(reduce.view(view), grad_best, grad)
                 increases.zero_()
                 last_ck = k + 1
+            if keeper.done:
+                break
         ever_fooled = (x_best_adv != x).flatten(1).any(1)
-        return torch.where(ever_fooled.view(view), x_best_adv, x_best).detach()
+        return keeper.result(torch.where(ever_fooled.view(view), x_best_adv, x_best))
 
 
 class APGDCE(APGD):
@@ -89,8 +104,8 @@ class APGDCE(APGD):
 
     def __init__(self, eps: float | None = None, norm: str = "linf", steps: int = 100, eot: int = 20,
                  rho: float = 0.75, random_start: bool = True, eot_batch: int | None = None,
-                 generator: torch.Generator | None = None) -> None:
-        super().__init__(eps, norm, steps, "ce", eot, rho, random_start, eot_batch, generator)
+                 generator: torch.Generator | None = None, keep: str = "last", keep_every: int = 1) -> None:
+        super().__init__(eps, norm, steps, "ce", eot, rho, random_start, eot_batch, generator, keep, keep_every)
 
 
 class APGDDLR(APGD):
@@ -98,5 +113,5 @@ class APGDDLR(APGD):
 
     def __init__(self, eps: float | None = None, norm: str = "linf", steps: int = 100, eot: int = 20,
                  rho: float = 0.75, random_start: bool = True, eot_batch: int | None = None,
-                 generator: torch.Generator | None = None) -> None:
-        super().__init__(eps, norm, steps, "dlr", eot, rho, random_start, eot_batch, generator)
+                 generator: torch.Generator | None = None, keep: str = "last", keep_every: int = 1) -> None:
+        super().__init__(eps, norm, steps, "dlr", eot, rho, random_start, eot_batch, generator, keep, keep_every)

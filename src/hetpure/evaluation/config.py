@@ -115,7 +115,7 @@ class AttackSection(BaseModel):
     diffhammer_samples: int = Field(10, ge=1, description="diffhammer: N purifications per iteration")
     diffhammer_k: float = Field(5.0, ge=0, description="diffhammer: sharpness k of the EM weights σ(k·…)")
     diffhammer_em_steps: int = Field(5, ge=0, description="diffhammer: EM iterations per attack iteration")
-    diffhammer_loss: Literal["ce", "dlr"] = Field("ce", description="diffhammer: classifier loss")
+    diffhammer_loss: Literal["cw", "ce", "dlr"] = Field("cw", description="diffhammer: classifier loss (cw: margin)")
     through: dict[str, Any] | None = Field(None, description="another pipeline to attack (defense keys)")
     checkpoint: Literal["auto", "always", "never"] = Field(
         "auto", description="exact gradient: per-step checkpointing (auto: only when the graph exceeds the budget)")
