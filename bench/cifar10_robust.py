@@ -251,6 +251,18 @@ def summaries(args: argparse.Namespace) -> None:
         data.append(entry)
         names.append(row)
     write_table(out, rows, data, names)
+    if args.all:  # every other run folder (tune, sweep, ablations, …): re-summarised, no table
+        for config_file in sorted(out.rglob("config.json")):
+            folder = config_file.parent
+            if (folder.name in names or "combined_from" in json.loads(config_file.read_text())
+                    or folder.relative_to(out).parts[0] in ("strength", "verdict")):  # bench/cifar10_verdict.py's
+                continue
+            run = load_run(folder)
+            if run.records:
+                print(f"== {folder.relative_to(out)} ==", flush=True)
+                s = evaluate({**run.resolved_config(), "run": {**run.resolved_config()["run"], "progress": False}})
+                if s["images_this_session"]:
+                    sys.exit(f"{folder}: re-summarising computed images; it must only summarise")
 
 
 def paired(out: Path, row: str, reference: str) -> dict[str, Any] | None:
@@ -655,6 +667,8 @@ def main() -> None:
                         help="tune: screen every grid point on this many train images first")
     parser.add_argument("--keep", type=int, default=2,
                         help="tune: points kept after the --screen-n stage; each later rung doubles n, keeps half")
+    parser.add_argument("--all", action="store_true",
+                        help="summaries: also every other run folder under --out (tune, sweep, ablations, …)")
     parser.add_argument("--only", nargs="*", default=None, help="ablations: run only these names")
     parser.add_argument("--tl-grid", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.35])
     parser.add_argument("--tau-grid", type=float, nargs="+", default=[0.5, 0.7, 0.9])
