@@ -257,3 +257,25 @@ def test_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert leaderboard_record(tmp_path / "a")["pgd_acc"] == 50.0
     assert cli.main(["combine", str(tmp_path / "a"), "--out", str(tmp_path / "d")]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+def test_first_broken_keeps_the_judged_iterate_and_reports_the_rescore(tmp_path: Path) -> None:
+    out = tmp_path / "fb"
+    s = run(out, dict(PGD, keep="first_broken", keep_every=1))
+    records = {r["index"]: r for r in read_records(out / "records.jsonl")}
+    # the deterministic judge breaks the two breakable images at once; the others are never judged wrong
+    assert [records[i]["first_broken_at"] >= 0 for i in range(6)] == [False, True, False, True, True, False]
+    assert s["per_attack"][0]["first_broken"] == {"kept": 3, "still_wrong_on_rescore": 3, "rate": 1.0}
+    assert all(records[i]["judge_passes"] >= 1 for i in range(6))
+    assert "still wrong when re-scored" in (out / "summary.md").read_text()
+
+
+def test_eot_diagnostic_in_the_summary(assets: Path, tmp_path: Path) -> None:
+    from conftest import config
+
+    out = tmp_path / "diag"
+    s = evaluate(config(assets, out, data={"n": 2}, attack={"eot": 2, "steps": 1}))
+    d = s["eot_diagnostic"][0]
+    assert d["eot"] == 2 and d["half"] == 1 and d["images"] == 2
+    assert -1 <= d["clean"]["cosine_of_halves"] <= 1 and (out / "eot_diagnostic.json").exists()
+    assert "EOT diagnostic" in (out / "summary.md").read_text()

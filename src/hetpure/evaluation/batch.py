@@ -53,6 +53,7 @@ class Evaluator:
         self.forward_passes = 0  # forward passes per image of the last attack (Attack.forward_passes)
         self.judge_passes = 0  # defended evaluations per image the last attack asked for (keep: first_broken)
         self._saved: dict[str, dict[int, dict[int, Tensor]]] = {}  # source run → {index: {slot: x_adv}}
+        self.broken_at: list[int] | None = None  # keep: first_broken, per attacked image (−1: never judged wrong)
         freeze(classifier, purifier, *self.attacked)  # attacks need input gradients only, never weight gradients
 
     def labels(self, x: Tensor, evaluations: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -119,6 +120,8 @@ class Evaluator:
         x_adv = attack(model, x, y)
         self.forward_passes = attack.forward_passes  # per image, every EOT sample and extra evaluation counted
         self.judge_passes = int(getattr(attack, "judge_calls", 0))
+        broken_at = getattr(attack, "broken_at", None)  # keep: first_broken, the iteration each image was kept at
+        self.broken_at = None if broken_at is None else [int(v) for v in broken_at.cpu()]
         return x_adv, int(getattr(model, "eps_calls", lambda: 0)())
 
 
@@ -147,7 +150,7 @@ def evaluate_batch(ev: Evaluator, x: Tensor, y: Tensor, b: int, indices: list[in
             examples.append((x[:0], []))
             continue
         salt_attack, salt_eval = attack_salts(j)
-        ev.forward_passes, ev.judge_passes = 0, 0
+        ev.forward_passes, ev.judge_passes, ev.broken_at = 0, 0, None
         xs, ys = x[rows], y[rows]
         if saved is not None:
             x_adv, attack_calls = torch.stack([saved[indices[i]] for i in rows]).to(x), 0
@@ -163,13 +166,14 @@ def evaluate_batch(ev: Evaluator, x: Tensor, y: Tensor, b: int, indices: list[in
         per_image = [adv_label[0], (adv_label == ys).sum(0), strict.sum(0), torch.stack([d.abs().max() for d in diff]),
                      torch.stack([d.norm() for d in diff])]
         host = torch.cat([torch.stack([t.double() for t in per_image], 1), adv_counts[0].double()], 1).cpu().tolist()
-        for row, i in zip(host, rows):
+        for n, (row, i) in enumerate(zip(host, rows)):
             outcomes[i].append({
                 "name": a["name"], "attacked": True, "prediction": int(row[0]),
                 "votes": [int(v) for v in row[5: 5 + c]], "worst_case_correct": int(row[1]),
                 "worst_case_correct_strict": int(row[2]), "worst_case_k": k, "perturbation_linf": row[3],
                 "perturbation_l2": row[4], "forward_passes": ev.forward_passes,
                 **({"judge_passes": ev.judge_passes} if ev.judge_passes else {}),
+                **({"first_broken_at": ev.broken_at[n]} if ev.broken_at is not None else {}),
             })
         alive[rows] &= strict_correct(adv_counts[0], ys, ties)
     clean_host = torch.cat([y[:, None].double(), clean_label[0][:, None].double(), clean_counts[0].double()], 1)
@@ -199,8 +203,9 @@ def _record(index: int, clean: list[float], c: int, outcomes: list[dict[str, Any
             "perturbation_linf": shown["perturbation_linf"], "perturbation_l2": shown["perturbation_l2"],
             "attack_forward_passes": sum(o["forward_passes"] for o in ran),
         })
-        if "judge_passes" in shown:
-            record["judge_passes"] = shown["judge_passes"]
+        for key in ("judge_passes", "first_broken_at"):
+            if key in shown:
+                record[key] = shown[key]
     if ensemble:
         record["attacks"] = outcomes
         record["broken_by"] = broken[0]["name"] if broken else None

@@ -77,6 +77,7 @@ def outcomes(record: dict[str, Any]) -> list[dict[str, Any]]:
         "worst_case_correct_strict": record.get("worst_case_correct_strict"),
         "worst_case_k": record.get("worst_case_k", 1),
         **({"forward_passes": record["attack_forward_passes"]} if "attack_forward_passes" in record else {}),
+        **({"first_broken_at": record["first_broken_at"]} if "first_broken_at" in record else {}),
     }]
 
 
@@ -155,11 +156,17 @@ def accuracies(records: Iterable[dict[str, Any]], ties: str = "wrong",
         robust -= broken
         alone = [outcome_correct(outcomes(r)[j], int(r["label"]), ties) and clean_correct(r, ties)
                  for r in rs if j < len(outcomes(r)) and outcomes(r)[j].get("attacked", True)]
+        kept = [outcomes(r)[j] for r in rs if j < len(outcomes(r)) and outcomes(r)[j].get("first_broken_at", -1) >= 0]
+        still = [o for o, r in ((outcomes(r)[j], r) for r in rs if j < len(outcomes(r)))
+                 if o.get("first_broken_at", -1) >= 0 and not outcome_correct(o, int(r["label"]), ties)]
         per_attack.append({
             "attack": names[j] if j < len(names) else None, "attacked": attacked, "broke": broken,
             "robust_accuracy_after": robust / n if n else math.nan,
             # every image attacked (ensemble: all, or a single attack): the attack's own robust accuracy
             **({"robust_accuracy_alone": sum(alone) / n} if attacked == n and n else {}),
+            # keep: first_broken — of the examples a judge found wrong, how many the fresh evaluation gets wrong too
+            **({"first_broken": {"kept": len(kept), "still_wrong_on_rescore": len(still),
+                                 "rate": len(still) / len(kept)}} if kept else {}),
         })
     out["per_attack"] = per_attack
     return out

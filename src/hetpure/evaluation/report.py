@@ -232,6 +232,12 @@ def summary_markdown(s: dict[str, Any]) -> str:
             f"{calls['attack_per_forward_pass']} vs {calls['defence_per_purification']} ε-model calls"
         )
     lines += _per_attack_lines(s)
+    for e in s.get("per_attack") or []:
+        fb = e.get("first_broken")
+        if fb:
+            lines += ["", f"- keep first_broken ({e['attack']}): {fb['kept']} examples kept as first judged wrong; "
+                          f"{fb['still_wrong_on_rescore']} of them ({100 * fb['rate']:.0f}%) still wrong when re-scored "
+                          "with fresh noise"]
     for j, diag in enumerate(s.get("eot_diagnostic") or []):
         lines += _diagnostic_lines(diag, j, len(s["eot_diagnostic"]))
     if (s.get("sanity") or {}).get("eot_diagnostic"):
