@@ -236,8 +236,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
         fb = e.get("first_broken")
         if fb:
             lines += ["", f"- keep first_broken ({e['attack']}): {fb['kept']} examples kept as first judged wrong; "
-                          f"{fb['still_wrong_on_rescore']} of them ({100 * fb['rate']:.0f}%) still wrong when re-scored "
-                          "with fresh noise"]
+                          f"{fb['still_wrong_on_rescore']} of them ({100 * fb['rate']:.0f}%) still wrong when "
+                          "re-scored with fresh noise"]
     for j, diag in enumerate(s.get("eot_diagnostic") or []):
         lines += _diagnostic_lines(diag, j, len(s["eot_diagnostic"]))
     if (s.get("sanity") or {}).get("eot_diagnostic"):
