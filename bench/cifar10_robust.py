@@ -6,6 +6,7 @@ OUT defaults to docs/results/records/cifar10, which is committed, so a long tabl
 sessions. Commands:
 
     python bench/cifar10_robust.py table  [--n 256] [--rows ...] [--tuned-tl 0.2 --tuned-tau 0.7]
+    python bench/cifar10_robust.py table  --rows heterogeneous-exact+diffhammer   # ROW+ATTACK: a published attack
     python bench/cifar10_robust.py summaries [--rows ...]    # re-summarise every committed row, no recompute
     python bench/cifar10_robust.py tune   [--n 256]          # TRAIN split: picks τ and t_l for "tuned"
                                       [--screen-n 32 --keep 2]  # successive halving over the grid
@@ -54,6 +55,15 @@ ROWS = ("none", "uniform-ts", "uniform-tl", "heterogeneous", "heterogeneous-tune
 # and their own --n-exact
 THROUGH_SOLVER = ("-exact", "-adjoint")
 DIFFPURE = {"method": "diffpure", "t_star": 0.1, "sde_steps": 100}
+# the published attacks on diffusion purification (docs/evaluation.md, "DiffAttack and DiffHammer"), at their
+# defaults: ROW+ATTACK (e.g. heterogeneous-exact+diffhammer) is ROW's defence, images and budget (steps; EOT for
+# diffattack) attacked by ATTACK instead of PGD. Not in the default --rows.
+PUBLISHED = {
+    "diffattack": {"name": "diffattack", "diffattack_weight": 1.0, "diffattack_every": 1, "diffattack_loss": "ce"},
+    "diffhammer": {"name": "diffhammer", "diffhammer_samples": 10, "diffhammer_k": 5.0, "diffhammer_em_steps": 5,
+                   "diffhammer_loss": "cw"},
+}
+ATTACK_ROWS = tuple(f"{row}+{attack}" for attack in PUBLISHED for row in ROWS if row != "none")
 GDMP = {"method": "gdmp", "t_star": 0.036, "gdmp_guidance": "mse", "gdmp_scale": 28687.5, "gdmp_iterations": 4}
 
 
@@ -75,6 +85,13 @@ def base_config(args: argparse.Namespace, split: str, n: int) -> dict[str, Any]:
 
 
 def row_config(row: str, args: argparse.Namespace, split: str = "test", n: int | None = None) -> dict[str, Any]:
+    if "+" in row:  # ROW+ATTACK: a published attack on ROW (PUBLISHED)
+        base, attack = row.split("+", 1)
+        if attack not in PUBLISHED or base not in ROWS:
+            sys.exit(f"unknown row {row!r}; choose from {ROWS} or ROW+ATTACK with ATTACK one of {list(PUBLISHED)}")
+        cfg = row_config(base, args, split, n)
+        cfg["attack"].update(PUBLISHED[attack])
+        return cfg
     cfg = base_config(args, split, n or args.n)
     d = cfg["defense"]
     if row == "none":
@@ -110,7 +127,7 @@ def row_config(row: str, args: argparse.Namespace, split: str = "test", n: int |
 
 def row_images(row: str, args: argparse.Namespace) -> int | None:
     """The row's number of test images: ``--n-exact`` for the rows attacked through the solver, else None (--n)."""
-    return args.n_exact if row.endswith(THROUGH_SOLVER) else None
+    return args.n_exact if row.split("+")[0].endswith(THROUGH_SOLVER) else None
 
 
 def run_row(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -191,8 +208,9 @@ def entry_of(row: str, s: dict[str, Any], twin: str | None = None) -> tuple[list
         "clean_accuracy_ci95": cci, "robust_accuracy": s["robust_accuracy"], "robust_accuracy_ci95": ci,
         "adversarial_accuracy": s["adversarial_accuracy"], "adversarial_accuracy_ci95": s["adversarial_accuracy_ci95"],
         "robust_accuracy_worst_case": s["robust_accuracy_worst_case"], "n": s["n"],
-        "attack": {k: a[k] for k in ("name", "norm", "eps", "step_size", "steps", "eot", "gradient",
-                                     "surrogate_ddim_steps")},
+        "attack": {**{k: a[k] for k in ("name", "norm", "eps", "step_size", "steps", "eot", "gradient",
+                                        "surrogate_ddim_steps")},
+                   **{k: v for k, v in a.items() if k.startswith(f"{a['name']}_")}},  # e.g. diffhammer_samples
         **({"attacked_through": a["through"]} if a.get("through") else {}),
         "eps_calls": s["eps_calls"], "seconds_per_image": s["seconds_per_image"], "machine": s["machine"],
         "finished": s["finished"], **({"records_from": twin} if twin else {}),
@@ -221,7 +239,7 @@ def write_table(out: Path, rows: list[list[Any]], data: list[dict[str, Any]], na
     print("\ncounting: robust = clean-correct and every adversarial evaluation correct; a shared top vote is wrong\n")
     print_table(HEADERS, rows)
     target = REPO / "docs/results/cifar10_robust.json"
-    merge_into(target, data, lambda r: r["defense"], ROWS)
+    merge_into(target, data, lambda r: r["defense"], ROWS + ATTACK_ROWS)
     print(f"\nwrote {target.relative_to(REPO)}")
     comparisons = print_paired(out, names)
     if comparisons:
@@ -644,7 +662,9 @@ def main() -> None:
                         default="table")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--n-exact", type=int, default=None, help="n for the exact and adjoint rows (default --n)")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + ATTACK_ROWS, metavar="ROW",
+                        help=f"rows (default: all of {', '.join(ROWS)}); ROW+diffattack, ROW+diffhammer: that row "
+                             "attacked by a published attack")
     parser.add_argument("--out", default=str(REPO / "docs/results/records/cifar10"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--eot", type=int, default=4)
