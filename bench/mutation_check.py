@@ -43,6 +43,8 @@ SCHEDULE_TESTS = ("tests/core/test_schedule.py", "tests/core/test_sampling.py", 
 MASK_TESTS = ("tests/core/test_mask.py",)
 ATTACK_TESTS = ("tests/attacks/test_attacks_properties.py", "tests/attacks/test_attacks.py")
 IDENTITY_TESTS = ("tests/evaluation/test_run_identity.py",)
+COVERAGE_TESTS = ("tests/attacks/test_attack_coverage.py",)
+REPAINT_TESTS = ("tests/core/test_repaint_resampling.py",)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,67 @@ MUTANTS: list[Mutant] = [
     Mutant("identity-ignores-classifier-weights", "evaluation/identity.py",
            'ident["classifier"]["digest"] = classifier_digest', 'ident["classifier"]["digest"] = None',
            IDENTITY_TESTS),
+    # --- the gaps of the second fault sweep: APGD's schedule at N where p_j·N is not whole ---------------------
+    Mutant("apgd-checkpoints-unrounded", "attacks/apgd.py",
+           "math.ceil(round(q * steps, 6))", "math.ceil(q * steps)", COVERAGE_TESTS),
+    Mutant("apgd-checkpoints-floor", "attacks/apgd.py",
+           "math.ceil(round(q * steps, 6))", "math.floor(round(q * steps, 6))", COVERAGE_TESTS),
+    Mutant("apgd-checkpoints-round", "attacks/apgd.py",
+           "math.ceil(round(q * steps, 6))", "round(q * steps)", COVERAGE_TESTS),
+    Mutant("apgd-halves-one-iteration-late", "attacks/apgd.py",
+           "if k + 1 in checkpoints and k + 1 > last_ck:", "if k in checkpoints and k > last_ck:", COVERAGE_TESTS),
+    Mutant("apgd-halving-keeps-the-iterate", "attacks/apgd.py",
+           "x_adv = torch.where(reduce.view(view), x_best, x_adv)", "x_adv = x_adv", COVERAGE_TESTS),
+    # --- the random start covers the whole ball --------------------------------------------------------------
+    Mutant("random-start-one-sided", "attacks/base.py",
+           "return project(x + (2 * u - 1) * eps, x, eps, norm)", "return project(x + u * eps, x, eps, norm)",
+           COVERAGE_TESTS),
+    Mutant("random-start-half-width", "attacks/base.py",
+           "return project(x + (2 * u - 1) * eps, x, eps, norm)", "return project(x + (u - 0.5) * eps, x, eps, norm)",
+           COVERAGE_TESTS),
+    Mutant("l2-random-start-on-the-sphere", "attacks/base.py",
+           "steepest_step(d, \"l2\") * (eps * r).view(-1, 1, 1, 1)", "steepest_step(d, \"l2\") * eps",
+           COVERAGE_TESTS),
+    Mutant("pgd-ignores-random-start", "attacks/pgd.py",
+           "return random_start(x, self.eps, self.norm, self.generator) if self.random_start else x.clone()",
+           "return x.clone()", COVERAGE_TESTS),
+    # --- RePaint resampling with attended pixels (an empty mask hides all of these) --------------------------
+    Mutant("repaint-resets-the-attended-pixels", "sampling.py",
+           "        x = x + known * (q_sample(schedule, x0, t, noise) - x)\n        x = ddim_step(",
+           "        x = x + (1 - known) * (q_sample(schedule, x0, t, noise) - x)\n        x = ddim_step(",
+           REPAINT_TESTS),
+    Mutant("repaint-renoise-drops-the-signal-scale", "sampling.py",
+           "x = math.sqrt(ratio) * x + math.sqrt(1.0 - ratio) * noise(x)",
+           "x = x + math.sqrt(1.0 - ratio) * noise(x)", REPAINT_TESTS),
+    Mutant("repaint-renoise-to-the-wrong-level", "sampling.py",
+           "ratio = schedule.alpha_bar(t) / schedule.alpha_bar(s)", "ratio = schedule.alpha_bar(t)", REPAINT_TESTS),
+    Mutant("repaint-ddim-from-s", "sampling.py",
+           "x = ddim_step(schedule, x, eps_model(x, _timestep_tensor(x, t)), t, s, eta, noise)\n        if j",
+           "x = ddim_step(schedule, x, eps_model(x, _timestep_tensor(x, s)), t, s, eta, noise)\n        if j",
+           REPAINT_TESTS),
+    # --- the bugs the second fault sweep found, with the tests that now catch them --------------------------
+    Mutant("trust-pickle-truthy", "models/checkpoint.py",
+           "    if value is True or value is False:\n        return value",
+           "    if True:\n        return bool(value)", ("tests/models/test_trust_pickle.py",)),
+    Mutant("yaml-duplicate-keys-last-wins", "yamlio.py",
+           "            if first is not None:\n                raise _DuplicateKey(key, first, line)",
+           "            if False:\n                raise _DuplicateKey(key, first, line)", ("tests/test_yamlio.py",)),
+    Mutant("yaml11-yes-is-true", "yamlio.py",  # keeps YAML 1.1's resolver: yes/on/no/off become booleans again
+           "for tag, regexp in resolvers if tag != _BOOL_TAG]", "for tag, regexp in resolvers]",
+           ("tests/models/test_trust_pickle.py", "tests/test_yamlio.py")),
+    Mutant("nonfinite-logits-voted", "checks.py",
+           "if finite and logits.is_floating_point() and not bool(torch.isfinite(logits).all()):",
+           "if False:", ("tests/core/test_input_errors.py",)),
+    Mutant("image-sizes-from-the-first-image", "evaluation/components.py",
+           'probe = getattr(dataset, "image_shapes", None)', "probe = None",
+           ("tests/evaluation/test_run_hardening.py",)),
+    Mutant("claim-trusts-config-json-only", "evaluation/runner.py",
+           "for r in read_records(path)} - {digest})", "for r in read_records(path)} - {digest}) if False else []",
+           ("tests/evaluation/test_run_hardening.py",)),
+    Mutant("purify-oldest-line-wins", "predict.py",
+           'newest[row["file"]] = row', 'newest.setdefault(row["file"], row)', ("tests/test_purify_resume.py",)),
+    Mutant("purify-skips-other-settings", "predict.py",
+           'if r.get("settings") == key and "image" in r', 'if "image" in r', ("tests/test_purify_resume.py",)),
 ]
 
 # The child: import hetpure, check it is the scratch copy, then run pytest in the same interpreter.

@@ -66,6 +66,29 @@ def test_settings_a_then_b_then_a_rewrites_the_images(assets: Path, inputs: Path
     assert len(log) == 9 and all(len(r["image_sha256"]) == 64 for r in log)
 
 
+def _strip_digests(log: Path) -> None:
+    """Make purify.jsonl look like one written before the lines recorded the outputs' SHA-256."""
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    log.write_text("".join(json.dumps({k: v for k, v in r.items() if not k.endswith("_sha256")}) + "\n"
+                           for r in rows))
+
+
+def test_without_digests_the_newest_line_decides(assets: Path, inputs: Path, tmp_path: Path) -> None:
+    """A log of an older hetpure (no SHA-256 in its lines): A, B, A still redoes the files, because B's lines are
+    newer than A's first ones."""
+    out = tmp_path / "out"
+    a, b = settings(assets, 0.2), settings(assets, 0.4)
+    purify_images(a, inputs, out, progress=False)
+    _strip_digests(out / "purify.jsonl")
+    purify_images(b, inputs, out, progress=False)
+    _strip_digests(out / "purify.jsonl")
+    third = purify_images(a, inputs, out, progress=False)
+    assert (third["written"], third["skipped"]) == (3, 0)
+    _strip_digests(out / "purify.jsonl")
+    again = purify_images(a, inputs, out, progress=False)
+    assert (again["written"], again["skipped"]) == (0, 3)
+
+
 def test_an_image_replaced_after_its_line_is_redone(assets: Path, inputs: Path, tmp_path: Path) -> None:
     """A later run killed between writing an image and its log line leaves a file its line does not describe."""
     out = tmp_path / "out"
