@@ -132,7 +132,7 @@ def check_run_device(name: str, key: str = "run.device") -> torch.device:
         >>> check_run_device("meta")
         Traceback (most recent call last):
             ...
-        hetpure.errors.ConfigError: run.device meta holds no data (a meta tensor is a shape without values)...; fix: --set run.device=cpu (or cuda)
+        hetpure.errors.ConfigError: run.device meta holds no data ...; fix: --set run.device=cpu (or cuda)
     """
     try:
         device = torch.device(name)
