@@ -12,10 +12,11 @@ from .evaluation.components import (
     settings_hash,
 )
 from .evaluation.config import DEFAULTS, parse_set, purify_config, resolve_config
+from .evaluation.counting import paired_comparison
 from .evaluation.records import append_records, read_records
 from .evaluation.report import cpu_model, describe_pipeline, summary_markdown
 from .evaluation.runner import evaluate
-from .evaluation.stats import mcnemar_p, paired_comparison, wilson_interval
+from .evaluation.stats import mcnemar_p, wilson_interval
 
 __all__ = [
     "DEFAULTS", "append_records", "attacked_purifier", "build_components", "build_dataset", "build_models",

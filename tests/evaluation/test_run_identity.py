@@ -145,6 +145,8 @@ KEEPS_NUMBERS: list[tuple[str, str, Any]] = [
     ("run", "dist_timeout_minutes", 30.0),  # a barrier timeout of multi-process runs
     ("attack", "checkpoint", "always"),  # checkpointing replays the same noise: bit-identical gradients
     ("attack", "memory_budget_gb", 1.0),
+    ("attack", "source", "elsewhere"),  # a saved attack's identity holds its source run's hash, never this path
+    ("attack", "slot", 1),  # read only by the saved attack
     ("run", "save_adversarial", False),  # only whether x_adv is kept
     ("run", "eot_diagnostic", False),  # its own random stream
     ("run", "ties", "lowest"),  # a single attack: a counting rule of the summary (an ensemble's identity holds it)

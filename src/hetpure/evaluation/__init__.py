@@ -9,10 +9,11 @@ what a config names), :mod:`~.runner` (``evaluate``: attack, vote, record, resum
 
 from .components import attacked_purifier, build_components, build_dataset, build_models, identity_of, settings_hash
 from .config import DEFAULTS, parse_set, purify_config, resolve_config
+from .counting import paired_comparison
 from .records import append_records, read_records
 from .report import describe_pipeline, summary_markdown
 from .runner import evaluate
-from .stats import mcnemar_p, paired_comparison, wilson_interval
+from .stats import mcnemar_p, wilson_interval
 
 __all__ = [
     "DEFAULTS", "append_records", "attacked_purifier", "build_components", "build_dataset", "build_models",

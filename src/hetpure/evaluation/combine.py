@@ -20,12 +20,11 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, RecordsError
-from .counting import TIES, image_status, outcomes
+from .counting import TIES, image_status, outcomes, paired_comparison
 from .identity import identity_hash, portable_path
 from .records import RunLock, write_json_atomic
 from .report import summarise, summary_markdown
 from .runs import EVALUATED, RunFolder, check_same, load_run
-from .stats import paired_comparison
 
 
 def _sections(run: RunFolder) -> list[dict[str, Any]]:
