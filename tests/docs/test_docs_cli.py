@@ -28,6 +28,14 @@ TINY: dict[str, list[str]] = {
     "tune": CONFIG_TINY,
     "sweep": CONFIG_TINY,
     "list": [],
+    # rescore replays its source run's data and attacks (the source ran with CONFIG_TINY); only defence and run keys
+    "rescore": [f"--set={item}" for item in (
+        "defense.ddim_steps=10", "defense.runs=2", "run.worst_case_k=1", "run.batch_size=2", "run.save_images=false",
+        "run.progress=false",
+    )],
+    "combine": [],  # combine, compare and export read finished run folders: nothing to make tiny
+    "compare": [],
+    "export": [],
     "demo": ["--quick", "--n", "2"],
     "train-classifier": ["--epochs", "1", "--limit", "64"],
     "train-diffusion": ["--steps", "2", "--limit", "16", "--batch-size", "8", "--checkpoint-every", "2"],
@@ -75,4 +83,5 @@ def test_the_docs_show_the_everyday_commands() -> None:
     """The extraction finds the README's and docs/commands.md's examples (a changed fence would hide them)."""
     shown = {(c.path.name, c.words[1]) for c in COMMANDS}
     assert {("README.md", "evaluate"), ("commands.md", "purify"), ("commands.md", "predict"),
-            ("commands.md", "tune"), ("commands.md", "sweep"), ("commands.md", "list")} <= shown
+            ("commands.md", "tune"), ("commands.md", "sweep"), ("commands.md", "list"), ("commands.md", "rescore"),
+            ("commands.md", "combine"), ("commands.md", "compare"), ("commands.md", "export")} <= shown
