@@ -45,6 +45,7 @@ ATTACK_TESTS = ("tests/attacks/test_attacks_properties.py", "tests/attacks/test_
 IDENTITY_TESTS = ("tests/evaluation/test_run_identity.py",)
 COVERAGE_TESTS = ("tests/attacks/test_attack_coverage.py",)
 REPAINT_TESTS = ("tests/core/test_repaint_resampling.py",)
+COUNTING_TESTS = ("tests/evaluation/test_counting.py",)
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,19 @@ MUTANTS: list[Mutant] = [
            'newest[row["file"]] = row', 'newest.setdefault(row["file"], row)', ("tests/test_purify_resume.py",)),
     Mutant("purify-skips-other-settings", "predict.py",
            'if r.get("settings") == key and "image" in r', 'if "image" in r', ("tests/test_purify_resume.py",)),
+    # --- the counting rules: the numbers an evaluation tool reports (pinned on asymmetric hand-written records) ---
+    Mutant("robust-ignores-the-clean-evaluation", "evaluation/counting.py",
+           '"robust": clean and adversarial,', '"robust": adversarial,', COUNTING_TESTS),
+    Mutant("robust-from-the-clean-field", "evaluation/counting.py",
+           '"robust": clean and adversarial,', '"robust": clean,', COUNTING_TESTS),
+    Mutant("ties-go-to-the-label", "evaluation/counting.py",
+           "return sum(1 for v in votes if v == top) == 1", "return True", COUNTING_TESTS),
+    Mutant("paired-wins-and-losses-swapped", "evaluation/counting.py",
+           "wins = sum(x and not y for x, y in zip(ok_a, ok_b))", "wins = sum(y and not x for x, y in zip(ok_a, ok_b))",
+           COUNTING_TESTS),
+    Mutant("survivors-attack-every-image", "evaluation/batch.py",
+           'rows = list(range(len(x))) if j == 0 or cfg["run"]["ensemble"] == "all" else',
+           'rows = list(range(len(x))) if True else', COUNTING_TESTS),
 ]
 
 # The child: import hetpure, check it is the scratch copy, then run pytest in the same interpreter.

@@ -56,7 +56,8 @@ def leaderboard_record(run_dir: str | Path) -> dict[str, Any]:
         "worst_case_k": s["worst_case_k"], "ties": (s.get("counting") or {}).get("ties", "lowest"),
         "defense": cfg["defense"], "pipelines": s.get("pipelines"),
         "attacks": [{k: a.get(k) for k in ("name", "norm", "eps", "steps", "eot", "gradient", "surrogate_ddim_steps",
-                                          "step_size", "source", "slot") if a.get(k) is not None} for a in sections],
+                                          "step_size", "source", "slot") if a.get(k) is not None
+                     and (k not in ("source", "slot") or a.get("name") == "saved")} for a in sections],
         "per_attack": [{k: e.get(k) for k in ("attack", "attacked", "broke", "robust_accuracy_after",
                                              "robust_accuracy_alone")} for e in s.get("per_attack", [])],
         "gradient": calls.get("attack_gradient"),
@@ -76,5 +77,9 @@ def leaderboard_record(run_dir: str | Path) -> dict[str, Any]:
 def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the leaderboard record of ``run_dir`` to ``out`` (default ``RUN_DIR/leaderboard.json``)."""
     target = Path(out) if out is not None else Path(run_dir) / "leaderboard.json"
-    write_json_atomic(target, leaderboard_record(run_dir))
+    record = leaderboard_record(run_dir)
+    from .records import make_folder
+
+    make_folder(target.parent)
+    write_json_atomic(target, record)
     return target

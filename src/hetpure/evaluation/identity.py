@@ -300,15 +300,14 @@ def shared_root() -> Path | None:
 
 def portable_path(path: str | Path | None, base: str | Path) -> str | None:
     """A path that means the same on any machine: ``$HETPURE_SHARED/rel`` under the shared folder, else
-    relative to ``base`` (the folder of the file it is written into). Relative inputs stay as given."""
+    relative to ``base`` (the folder of the file it is written into). A relative input is taken relative to
+    the working directory, as every command reads it, so a run folder's config reads the same from anywhere."""
     if path is None:
         return None
     text = str(path)
     if text.startswith("$"):
         return text
     p = Path(text).expanduser()
-    if not p.is_absolute():
-        return text
     shared = shared_root()
     resolved = p.resolve()
     if shared is not None and resolved.is_relative_to(shared):

@@ -84,7 +84,8 @@ def attack_cost(a: dict[str, Any], defense: dict[str, Any], num_timesteps: int,
     """ε-calls of one attack section: per forward pass through the attacked pipeline and per attacked image."""
     if a["name"] == "saved":  # replayed: no attack ran here
         return {"attack_per_forward_pass": 0, "attack_per_image": 0, "forward_passes": 0, "attack_gradient": "saved",
-                "pipeline": f"saved adversarial examples of {Path(str(a['source'])).name} (attack {a['slot']})"}
+                "pipeline": f"saved adversarial examples of {Path(str(a['source'])).name} (attack {a['slot']}"
+                            + (f", crafted on {describe_pipeline(a['through'])})" if a.get("through") else ")")}
     through = a["through"] or defense
     attacked_steps = a["surrogate_ddim_steps"] if a["gradient"] == "surrogate" else None
     calls = 0 if a["gradient"] == "bpda" else pipeline_calls(through, num_timesteps, attacked_steps)

@@ -18,6 +18,9 @@ from ..errors import ConfigError
 from .config import parse_set, resolve_config
 from .runs import load_run
 
+#: a rescoring's default run.seed is the source's plus this: fresh noise for every vote (``--set run.seed=…``)
+FRESH_SEED_OFFSET = 1
+
 
 def rescore_config(run_dir: str | Path, out: str | Path,
                    overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -45,7 +48,9 @@ def rescore_config(run_dir: str | Path, out: str | Path,
               "eps": a.get("eps"), **({"through": _through_keys(through)} if through else {})}
              for j, a in enumerate(sections)]
     cfg["attack"] = saved if len(saved) > 1 else saved[0]
-    cfg["run"] = {**cfg.get("run", {}), "out": str(out), "sanity": False}
+    # fresh defence noise: another seed than the source's (the same seed would replay its very votes)
+    cfg["run"] = {**cfg.get("run", {}), "out": str(out), "sanity": False,
+                  "seed": int(cfg.get("run", {}).get("seed", 0)) + FRESH_SEED_OFFSET}
     return resolve_config(cfg, overrides)
 
 

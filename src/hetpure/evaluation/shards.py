@@ -1,6 +1,6 @@
 """Saved adversarial examples: one safetensors shard per batch beside the records, checked by content digest.
 
-A shard ``adversarial/batch-<b>.safetensors`` holds, for each attack ``j`` of the run (one for a single
+A shard ``adversarial/batch-<b>-<digest>.safetensors`` holds, for each attack ``j`` of the run (one for a single
 attack), the float32 adversarial images exactly as they were scored (``x_adv.<j>``, not quantised) and the
 dataset indices they belong to (``index.<j>``); an attack that skipped every image of the batch has none.
 It is written before the batch's records (temporary file, fsync, ``os.replace``), under the run folder's
@@ -24,9 +24,10 @@ from ..errors import RecordsError
 FOLDER = "adversarial"
 
 
-def shard_name(batch: int) -> str:
-    """The shard of batch ``batch``, relative to the run folder."""
-    return f"{FOLDER}/batch-{batch:06d}.safetensors"
+def shard_name(batch: int, digest: str) -> str:
+    """The shard of batch ``batch`` with content ``digest``, relative to the run folder. The digest is part of the
+    name, so a batch recomputed with other images (a grown run) never overwrites what older records name."""
+    return f"{FOLDER}/batch-{batch:06d}-{digest[:16]}.safetensors"
 
 
 def write_shard(out: Path, batch: int, examples: list[tuple[Tensor, list[int]]],
@@ -45,8 +46,11 @@ def write_shard(out: Path, batch: int, examples: list[tuple[Tensor, list[int]]],
         tensors[f"index.{j}"] = torch.tensor(indices, dtype=torch.int64)
     # one metadata key: safetensors keeps metadata in a hash map, so several keys come out in varying order
     payload = save(tensors, metadata={"hetpure": json.dumps(metadata or {}, sort_keys=True)})
-    name = shard_name(batch)
+    digest = hashlib.sha256(payload).hexdigest()
+    name = shard_name(batch, digest)
     path = out / name
+    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+        return name, digest  # the same examples, already whole (a batch recomputed after a kill)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -58,7 +62,7 @@ def write_shard(out: Path, batch: int, examples: list[tuple[Tensor, list[int]]],
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    return name, hashlib.sha256(payload).hexdigest()
+    return name, digest
 
 
 def read_shard(out: Path, name: str, digest: str) -> dict[int, dict[int, Tensor]]:
