@@ -5,6 +5,7 @@ compare / rescore and ``data.survivors_of`` (docs/evaluation.md). Commands:
 
     python bench/cifar10_verdict.py worst-case      # the committed surrogate + exact rows, per-image worst case
     python bench/cifar10_verdict.py strength --n 32 [--defences ...] [--attacks ...]   # strength per core-second
+    python bench/cifar10_verdict.py published --n 32 --steps 10  # DiffAttack, DiffHammer on the survivors
     python bench/cifar10_verdict.py rows --n 128 --attacks apgd-dlr [--mask-attacks ...] [--rescore-runs 32]
 
 Counting everywhere: robust = clean-correct and every adversarial evaluation of every attack correct, a vote
@@ -44,6 +45,12 @@ ATTACKS: dict[str, dict[str, Any]] = {
     "lowfreq-pgd": {"name": "lowfreq-pgd", "grid": 8, "step_size": 0.007},
 }
 MASK_ATTACKS = ("mask-pgd-restrict", "mask-pgd-weight", "lowfreq-pgd")
+#: the attacks made for diffusion purification at the CPU budget of ``published`` (docs/evaluation.md): DiffAttack
+#: with APGD, EOT 2, λ = 1 at every reverse step; DiffHammer with N = 4 purifications per iteration, k = 5, 5 EM steps
+PUBLISHED: dict[str, dict[str, Any]] = {
+    "diffattack": {"name": "diffattack", "eot": 2, "diffattack_weight": 1.0, "diffattack_every": 1},
+    "diffhammer": {"name": "diffhammer", "diffhammer_samples": 4, "diffhammer_k": 5.0, "diffhammer_em_steps": 5},
+}
 VERDICT = REPO / "docs/results/cifar10_verdict.json"
 
 
@@ -106,6 +113,30 @@ def strength(args: argparse.Namespace) -> None:
     print_table(["defence", "attack", "survivors attacked", "broke", "core-hours", "broken per core-hour",
                  "EOT-half cosine clean / final"], rows)
     merge(verdict_file(args), "strength", data, key=lambda r: (r["defence"], r["attack"], r["eot"]))
+
+
+def published(args: argparse.Namespace) -> None:
+    """DiffAttack and DiffHammer, exact gradients, on the survivors of each defence's worst-case row at the first
+    ``--n`` images: what they cost and whether either breaks an image the ensemble did not."""
+    out = Path(args.out) / "published"
+    rows, data = [], []
+    for defence in args.defences:
+        worst = [RECORDS / "combined" / f"{defence}-surrogate+exact"]
+        for attack, keys in PUBLISHED.items():
+            cfg = attack_config(defence, "pgd", args, worst)
+            cfg["attack"] = {**{k: v for k, v in cfg["attack"].items() if k not in ("step_size", "eot")}, **keys,
+                             "steps": args.steps}
+            s = run(cfg, out / f"{defence}-{attack}")
+            broke = s["n"] - round(s["adversarial_accuracy"] * s["n"])
+            seconds = (s["seconds_per_image"] or 0) * s["n"]
+            rows.append([defence, attack, s["n"], broke, f"{seconds / 3600:.2f}", diagnostic_cell(s)])
+            data.append({"defence": defence, "attack": attack, "settings": keys, "steps": args.steps,
+                         "n_first": args.n, "survivors": s["n"], "broke": broke, "core_hours": seconds / 3600,
+                         "seconds_per_image": s["seconds_per_image"], "machine": s["machine"],
+                         "conditioned_on": s.get("conditioned_on"), "folder": f"published/{defence}-{attack}"})
+    print()
+    print_table(["defence", "attack", "survivors attacked", "broke", "core-hours", "EOT-half cosine"], rows)
+    merge(verdict_file(args), "published", data, key=lambda r: (r["defence"], r["attack"]))
 
 
 def worst_case(args: argparse.Namespace) -> None:
@@ -187,7 +218,7 @@ def merge(target: Path, section: str, items: list[dict[str, Any]], key: Any) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["worst-case", "strength", "rows"])
+    parser.add_argument("command", choices=["worst-case", "strength", "published", "rows"])
     parser.add_argument("--n", type=int, default=32, help="the first n test images (their survivors are attacked)")
     parser.add_argument("--defences", nargs="+", default=list(DEFENCES), choices=DEFENCES)
     parser.add_argument("--attacks", nargs="+", default=["pgd", "apgd-ce", "apgd-dlr"], choices=list(ATTACKS))
@@ -201,7 +232,7 @@ def main() -> None:
     parser.add_argument("--rescore-runs", type=int, default=32, help="rows: rescore each new row at this R (0: no)")
     args = parser.parse_args()
     shared_dir()
-    {"worst-case": worst_case, "strength": strength, "rows": rows}[args.command](args)
+    {"worst-case": worst_case, "strength": strength, "published": published, "rows": rows}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,16 @@ def strength_table() -> str:
     return "\n".join(lines)
 
 
+def published_table() -> str:
+    lines = ["| defence | attack (exact gradients) | settings | iterations | survivors attacked | broke | core-hours | "
+             "machine |", "|---|---|---|---|---|---|---|---|"]
+    for r in load("cifar10_verdict.json").get("published", []):
+        keys = ", ".join(f"{k.split('_', 1)[-1]} {v}" for k, v in r["settings"].items() if k != "name")
+        lines.append(f"| {r['defence']} | {r['attack']} | {keys} | {r['steps']} | {r['survivors']} | {r['broke']} | "
+                     f"{r['core_hours']:.2f} | {r['machine']} |")
+    return "\n".join(lines)
+
+
 def tune_tables() -> str:
     t = load("cifar10_tune.json")
     lines = [f"Screen ({t['screen_n']} train images):", "", "| t_l | τ | clean % | robust % | s / image |",
@@ -135,6 +145,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "main": main_table, "pairs": main_pairs, "peer-pairs": peer_pairs,
     "surrogate+exact": worst_case("surrogate+exact", "surrogate+exact pair"),
     "worst": worst_case("worst", "worst pair"), "strength": strength_table, "tune": tune_tables,
+    "published": published_table,
 }
 
 
