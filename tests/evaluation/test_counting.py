@@ -166,6 +166,7 @@ def test_ensemble_attacks_survivors_only_and_saves_what_it_scored(tmp_path: Path
     # fgsm ran only on the survivors: not on the clean-wrong image 3 nor on the images pgd broke
     assert [records[i]["attacks"][1]["attacked"] for i in range(6)] == [True, False, True, False, False, True]
     assert [(p["attack"], p["attacked"], p["broke"]) for p in s["per_attack"]] == [("pgd", 6, 2), ("fgsm", 3, 0)]
+    assert [p["eps_calls"]["backward_passes"] for p in s["per_attack"]] == [3, 1]  # one per iteration (EOT 1)
     assert "| fgsm | 3 | 0 |" in (out / "summary.md").read_text()
     saved = load_adversarial(out, list(records.values()))
     for i, r in records.items():

@@ -54,6 +54,7 @@ class Evaluator:
         self.judge_passes = 0  # defended evaluations per image the last attack asked for (keep: first_broken)
         self._saved: dict[str, dict[int, dict[int, Tensor]]] = {}  # source run → {index: {slot: x_adv}}
         self.broken_at: list[int] | None = None  # keep: first_broken, per attacked image (−1: never judged wrong)
+        self.backward_passes: int | None = None
         freeze(classifier, purifier, *self.attacked)  # attacks need input gradients only, never weight gradients
 
     def labels(self, x: Tensor, evaluations: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -120,6 +121,7 @@ class Evaluator:
         x_adv = attack(model, x, y)
         self.forward_passes = attack.forward_passes  # per image, every EOT sample and extra evaluation counted
         self.judge_passes = int(getattr(attack, "judge_calls", 0))
+        self.backward_passes = getattr(attack, "backward_passes", None)  # per image (DiffHammer: 1 per iteration)
         broken_at = getattr(attack, "broken_at", None)  # keep: first_broken, the iteration each image was kept at
         self.broken_at = None if broken_at is None else [int(v) for v in broken_at.cpu()]
         return x_adv, int(getattr(model, "eps_calls", lambda: 0)())
@@ -150,7 +152,7 @@ def evaluate_batch(ev: Evaluator, x: Tensor, y: Tensor, b: int, indices: list[in
             examples.append((x[:0], []))
             continue
         salt_attack, salt_eval = attack_salts(j)
-        ev.forward_passes, ev.judge_passes, ev.broken_at = 0, 0, None
+        ev.forward_passes, ev.judge_passes, ev.broken_at, ev.backward_passes = 0, 0, None, None
         xs, ys = x[rows], y[rows]
         if saved is not None:
             x_adv, attack_calls = torch.stack([saved[indices[i]] for i in rows]).to(x), 0
@@ -172,6 +174,7 @@ def evaluate_batch(ev: Evaluator, x: Tensor, y: Tensor, b: int, indices: list[in
                 "votes": [int(v) for v in row[5: 5 + c]], "worst_case_correct": int(row[1]),
                 "worst_case_correct_strict": int(row[2]), "worst_case_k": k, "perturbation_linf": row[3],
                 "perturbation_l2": row[4], "forward_passes": ev.forward_passes,
+                **({"backward_passes": int(ev.backward_passes)} if ev.backward_passes is not None else {}),
                 **({"judge_passes": ev.judge_passes} if ev.judge_passes else {}),
                 **({"first_broken_at": ev.broken_at[n]} if ev.broken_at is not None else {}),
             })

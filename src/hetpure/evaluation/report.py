@@ -120,8 +120,11 @@ def summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], s
     n = len(records)
     costs = [attack_cost(a, cfg["defense"], num_timesteps, _attack_passes(records, j, single))
              for j, a in enumerate(sections)]
-    for entry, cost in zip(acc["per_attack"], costs):
+    for j, (entry, cost) in enumerate(zip(acc["per_attack"], costs)):
         entry["eps_calls"] = cost
+        backward = [o["backward_passes"] for r in records for o in outcomes(r)[j: j + 1] if "backward_passes" in o]
+        if backward:  # backward passes through the attacked pipeline per attacked image (the O(1) of DiffHammer)
+            cost["backward_passes"] = max(backward)
     first = sections[0]
     through = first["through"] or cfg["defense"]
     per_image = sum(c["attack_per_image"] * e["attacked"] for c, e in zip(costs, acc["per_attack"])) / n if n else 0
@@ -284,9 +287,10 @@ def _diagnostic_lines(d: dict[str, Any] | None, j: int, count: int, where: str =
         return []
     title = f"## EOT diagnostic ({where}{f', attack {j}' if count > 1 else ''})"
     needed = d["eot_for_cosine_0.9"]
+    images = f"{d['images']} image{'s' if d['images'] != 1 else ''}"
     lines = ["", title, "",
              f"- cosine of two independent EOT-{d['half']} half-gradients: {d['clean']['cosine_of_halves']:.3f} at "
-             f"the clean images, {d['final']['cosine_of_halves']:.3f} at the final iterates ({d['images']} images)",
+             f"the clean images, {d['final']['cosine_of_halves']:.3f} at the final iterates ({images})",
              f"- cosine of this run's EOT-{d['eot']} gradient with the expected gradient (1/n variance model): "
              f"{d['clean']['cosine_with_expected_at_run_eot']:.2f} (clean), "
              f"{d['final']['cosine_with_expected_at_run_eot']:.2f} (final)",
