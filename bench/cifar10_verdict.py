@@ -127,6 +127,7 @@ def published(args: argparse.Namespace) -> None:
             cfg["attack"] = {**{k: v for k, v in cfg["attack"].items() if k not in ("step_size", "eot")}, **keys,
                              "steps": args.steps}
             s = run(cfg, out / f"{defence}-{attack}")
+            add_rows(args, {f"{defence}-{attack}": s})
             broke = s["n"] - round(s["adversarial_accuracy"] * s["n"])
             seconds = (s["seconds_per_image"] or 0) * s["n"]
             rows.append([defence, attack, s["n"], broke, f"{seconds / 3600:.2f}", diagnostic_cell(s)])
@@ -137,6 +138,33 @@ def published(args: argparse.Namespace) -> None:
     print()
     print_table(["defence", "attack", "survivors attacked", "broke", "core-hours", "EOT-half cosine"], rows)
     merge(verdict_file(args), "published", data, key=lambda r: (r["defence"], r["attack"]))
+
+
+SUMMARY_KEYS = ("clean_accuracy", "clean_accuracy_ci95", "robust_accuracy", "robust_accuracy_ci95",
+                "adversarial_accuracy", "adversarial_accuracy_ci95", "robust_accuracy_worst_case", "eps_calls",
+                "seconds_per_image", "machine", "finished")
+
+
+def add_rows(args: argparse.Namespace, rows: dict[str, dict[str, Any]]) -> None:
+    """Put new rows (name → summary) into docs/results/cifar10_robust.json beside bench/cifar10_robust.py's rows
+    (replacing a row of the same name, keeping the others and their order)."""
+    if verdict_file(args) != VERDICT:
+        return
+    target = REPO / "docs/results/cifar10_robust.json"
+    data = json.loads(target.read_text())
+    for name, s in rows.items():
+        attacks = s["config"]["attack"] if isinstance(s["config"]["attack"], list) else [s["config"]["attack"]]
+        entry = {"defense": name, "settings": s["config"]["defense"], "counting": s["counting"], "n": s["n"],
+                 **{k: s[k] for k in SUMMARY_KEYS},
+                 "attack": [{k: a.get(k) for k in ("name", "norm", "eps", "steps", "eot", "gradient") if k in a}
+                            for a in attacks],
+                 **({"conditioned_on": s["conditioned_on"]} if s.get("conditioned_on") else {}),
+                 **({"combined_from": [c["folder"] for c in s["combined_from"]]} if s.get("combined_from") else {}),
+                 "per_attack": [{k: e.get(k) for k in ("attack", "attacked", "broke", "robust_accuracy_after")}
+                                for e in s.get("per_attack", [])]}
+        data = [e for e in data if e["defense"] != name] + [entry]
+    target.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {target.relative_to(REPO)} ({', '.join(rows)})")
 
 
 def worst_case(args: argparse.Namespace) -> None:
@@ -194,6 +222,7 @@ def rows(args: argparse.Namespace) -> None:
             if args.rescore_runs:
                 rescore(folder, out / f"{folder.name}-R{args.rescore_runs}", {"defense": {"runs": args.rescore_runs}})
         worst[defence] = combine(folders, RECORDS / f"{defence}-worst")
+        add_rows(args, {f"{defence}-worst": worst[defence]})
     if len(worst) == 2:
         pair = compare(RECORDS / "heterogeneous-worst", RECORDS / "uniform-tl-worst")
         print_worst(worst, pair)

@@ -52,6 +52,8 @@ def main_table() -> str:
     lines = ["| defence | settings | n | clean % (95% CI) | robust % (95% CI) | adversarial % | ε-calls / purification "
              "| attack ε-calls / image | s / image |", "|---|---|---|---|---|---|---|---|---|"]
     for r in load("cifar10_robust.json"):
+        if r.get("conditioned_on") or r.get("combined_from"):  # rows on survivors, combined rows: their own sections
+            continue
         lines.append(f"| {r['defense']} | {SETTINGS.get(r['defense'], '')} | {r['n']} | "
                      f"{pct(r['clean_accuracy'])} ({ci(r['clean_accuracy_ci95'])}) | "
                      f"{pct(r['robust_accuracy'])} ({ci(r['robust_accuracy_ci95'])}) | "
