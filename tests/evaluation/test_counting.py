@@ -280,3 +280,22 @@ def test_eot_diagnostic_in_the_summary(assets: Path, tmp_path: Path) -> None:
     assert d["eot"] == 2 and d["half"] == 1 and d["images"] == 2
     assert -1 <= d["clean"]["cosine_of_halves"] <= 1 and (out / "eot_diagnostic.json").exists()
     assert "EOT diagnostic" in (out / "summary.md").read_text()
+
+
+def test_combine_a_survivors_run_with_its_sources_counts_every_image(tmp_path: Path) -> None:
+    weak = dict(PGD, steps=1, step_size=0.001)  # breaks nothing: survivors 0, 1, 2, 4, 5 (3 is clean-wrong)
+    run(tmp_path / "weak", weak)
+    second = brightness_config(tmp_path / "second", PGD) | {
+        "data": {"name": "mnist5k", "survivors_of": [str(tmp_path / "weak")]}}
+    evaluate(second, components=(DATA, Brightness(), None))
+    s = combine([tmp_path / "weak", tmp_path / "second"], tmp_path / "both")
+    assert s["n"] == 6 and s["robust_accuracy"] == 3 / 6  # every image counted, not only the 5 survivors
+    assert [p["attacked"] for p in s["per_attack"]] == [6, 5]
+    run(tmp_path / "strong")
+    with pytest.raises(ConfigError, match="conditions on"):
+        combine([tmp_path / "strong", tmp_path / "second"], tmp_path / "bad")  # without its source
+    # a survivor the conditioned run has not attacked yet is left out, never counted robust
+    records = (tmp_path / "second" / "records.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "second" / "records.jsonl").write_text("".join(r for r in records if '"index": 0,' not in r))
+    s = combine([tmp_path / "weak", tmp_path / "second"], tmp_path / "partial")
+    assert s["n"] == 5 and s["left_out_unfinished"] == [0] and s["robust_accuracy"] == 2 / 5

@@ -2,7 +2,7 @@
 
 * :func:`combine` — the per-image worst case over several runs of the same data and defence (each run one
   attack, or an ensemble): an image is robust when the clean evaluation is correct and every adversarial
-  evaluation of every run is correct. The **clean evaluation is the first listed run's**; the runs' images
+  evaluation of every run is correct. The **clean evaluation is the first listed full-subset run's**; the images
   are those all of them finished. The combined folder holds records in the ensemble layout (one outcome per
   attack, ``source`` naming its run), ``config.json`` (the sources' hashes) and a summary, so it can itself be
   compared, exported, combined again or conditioned on.
@@ -24,7 +24,7 @@ from .counting import TIES, image_status, outcomes, paired_comparison
 from .identity import identity_hash, portable_path
 from .records import RunLock, write_json_atomic
 from .report import summarise, summary_markdown
-from .runs import EVALUATED, RunFolder, check_same, load_run
+from .runs import EVALUATED, RunFolder, check_same, load_run, unconditioned
 
 
 def _sections(run: RunFolder) -> list[dict[str, Any]]:
@@ -32,33 +32,74 @@ def _sections(run: RunFolder) -> list[dict[str, Any]]:
     return list(a) if isinstance(a, list) else [a]
 
 
-def combined_records(runs: list[RunFolder], digest: str, ties: str) -> list[dict[str, Any]]:
-    """One record per image all runs finished: the first run's clean evaluation, every run's outcomes."""
+def conditioned_on(run: RunFolder) -> list[str]:
+    """The settings hashes of the runs a ``data.survivors_of`` run conditions on ([] for a run on the full subset)."""
+    survivors_of = (run.identity.get("data") or {}).get("survivors_of")
+    return list(survivors_of["settings_hashes"]) if survivors_of else []
+
+
+def _survivor(run: RunFolder, i: int, by_hash: dict[str, RunFolder]) -> bool:
+    """Whether image ``i`` was robust in every run ``run`` conditions on (so ``run`` should hold it)."""
+    ties = run.identity["data"]["survivors_of"].get("ties", "wrong")
+    for h in conditioned_on(run):
+        record = by_hash[h].by_index().get(i)
+        if record is None or not image_status(record, ties)["robust"]:
+            return False
+    return True
+
+
+def combined_records(runs: list[RunFolder], digest: str, ties: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """One record per image: the clean evaluation of the first run on the full subset, every run's outcomes; and
+    the images left out.
+
+    The images are those every run on the full subset finished. A ``data.survivors_of`` run holds only the images
+    still robust in the runs it conditions on (which must be among ``runs``): an image it lacks because a source
+    broke it (or got it wrong clean) has ``attacked: false`` outcomes for its attacks; an image it lacks although
+    the sources left it robust is unfinished there, and is left out (returned), never counted robust.
+    """
+    by_hash = {r.settings_hash: r for r in runs}
+    for run in runs:
+        missing = [h for h in conditioned_on(run) if h not in by_hash]
+        if missing:
+            raise ConfigError(f"{run.path} attacks only the survivors of runs with settings hashes {missing}; combine "
+                              "it together with the runs it conditions on (its config.json's data.survivors_of)")
+    full = [run for run in runs if not conditioned_on(run)]
+    if not full:
+        raise ConfigError("every run given to combine attacks only survivors; add the runs they condition on")
     maps = [r.by_index() for r in runs]
-    common = sorted(set.intersection(*(set(m) for m in maps)))
-    records = []
+    common = sorted(set.intersection(*(set(r.by_index()) for r in full)))
+    clean = full[0].by_index()  # the clean evaluation: the first run on the full subset
+    records, unfinished = [], []
     for i in common:
-        first = maps[0][i]
+        if any(i not in m and _survivor(run, i, by_hash) for run, m in zip(runs, maps)):
+            unfinished.append(i)
+            continue
+        first = clean[i]
         outs: list[dict[str, Any]] = []
         for run, m in zip(runs, maps):
             names = [a.get("name") for a in _sections(run)]
+            if i not in m:  # a survivors run: a source already broke the image
+                outs += [{"name": name, "attacked": False, "source": run.name} for name in names]
+                continue
             for j, o in enumerate(outcomes(m[i])):
                 outs.append({**o, "name": o.get("name") or (names[j] if j < len(names) else None),
                              "source": run.name})
         record = {k: first[k] for k in ("index", "label", "clean_prediction", "clean_votes") if k in first}
-        if len({int(m[i]["label"]) for m in maps}) > 1:  # the same data identity, so never; but never silently
+        if len({int(m[i]["label"]) for m in maps if i in m}) > 1:  # the same data identity: never, but not silently
             raise RecordsError(f"image {i} has different labels in {', '.join(str(r.path) for r in runs)}")
-        record.update(attacks=outs, settings_hash=digest, worst_case_k=max(o.get("worst_case_k", 1) for o in outs))
+        record.update(attacks=outs, settings_hash=digest,
+                      worst_case_k=max((o.get("worst_case_k", 1) for o in outs if o.get("attacked", True)), default=1))
         status = image_status(record, ties)
-        shown = outs[status["broken_by"]] if status["broken_by"] is not None else outs[-1]
+        ran = [o for o in outs if o.get("attacked", True)]
+        shown = outs[status["broken_by"]] if status["broken_by"] is not None else ran[-1]
         record.update(adversarial_prediction=shown.get("prediction"), adversarial_votes=shown.get("votes"),
                       worst_case_correct=shown.get("worst_case_correct"),
                       broken_by=None if status["broken_by"] is None else f"{shown['source']}:{shown['name']}")
-        seconds = [m[i].get("seconds") for m in maps if m[i].get("seconds") is not None]
+        seconds = [m[i].get("seconds") for m in maps if i in m and m[i].get("seconds") is not None]
         if seconds:
             record["seconds"] = sum(seconds)  # the image's cost in all runs together
         records.append(record)
-    return records
+    return records, unfinished
 
 
 def combine(folders: list[str | Path], out: str | Path, ties: str = "wrong") -> dict[str, Any]:
@@ -72,7 +113,8 @@ def combine(folders: list[str | Path], out: str | Path, ties: str = "wrong") -> 
     if len(folders) < 2:
         raise ConfigError("combine needs at least two run folders (the worst case over one run is that run)")
     runs = [load_run(f) for f in folders]
-    check_same(runs, EVALUATED, "combine")
+    check_same([RunFolder(r.path, r.settings_hash, unconditioned(r.identity), r.config) for r in runs], EVALUATED,
+               "combine")
     out = Path(out)
     if any(out.resolve() == r.path.resolve() for r in runs):
         raise ConfigError(f"--out {out} is one of the runs being combined; give a new folder")
@@ -82,7 +124,7 @@ def combine(folders: list[str | Path], out: str | Path, ties: str = "wrong") -> 
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         _claim(out, digest)
-        records = combined_records(runs, digest, ties)
+        records, unfinished = combined_records(runs, digest, ties)
         if not records:
             raise ConfigError(f"the runs share no finished image; nothing to combine ({', '.join(map(str, folders))})")
         cfg = runs[0].resolved_config()
@@ -101,7 +143,9 @@ def combine(folders: list[str | Path], out: str | Path, ties: str = "wrong") -> 
         for entry, label in zip(summary["per_attack"], labels):
             entry["attack"] = label  # which run's attack broke the image first
         summary["combined_from"] = sources
-        summary["clean_evaluation_from"] = runs[0].name
+        summary["clean_evaluation_from"] = next(r.name for r in runs if not conditioned_on(r))
+        if unfinished:  # survivors a conditioned run has not attacked yet: left out, never counted robust
+            summary["left_out_unfinished"] = unfinished
         write_json_atomic(out / "summary.json", summary)
         (out / "summary.md").write_text(_combined_header(summary) + summary_markdown(summary))
     return summary
@@ -128,9 +172,11 @@ def _claim(out: Path, digest: str) -> None:
 
 def _combined_header(s: dict[str, Any]) -> str:
     names = ", ".join(c["folder"] for c in s["combined_from"])
+    left = (f" {len(s['left_out_unfinished'])} images are left out: runs on survivors have not attacked them yet."
+            if s.get("left_out_unfinished") else "")
     return (f"**Combined row: the per-image worst case over {len(s['combined_from'])} runs** ({names}). "
             f"An image counts robust only if every adversarial evaluation of every run is correct; the clean "
-            f"evaluation is that of {s['clean_evaluation_from']}.\n\n")
+            f"evaluation is that of {s['clean_evaluation_from']}.{left}\n\n")
 
 
 def compare(folder_a: str | Path, folder_b: str | Path, ties: str = "wrong") -> dict[str, Any]:

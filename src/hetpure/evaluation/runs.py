@@ -97,7 +97,7 @@ def robust_indices(run: RunFolder, ties: str) -> set[int]:
     return {int(r["index"]) for r in run.records if image_status(r, ties)["robust"]}
 
 
-def _unconditioned(identity: dict[str, Any]) -> dict[str, Any]:
+def unconditioned(identity: dict[str, Any]) -> dict[str, Any]:
     """An identity without its ``data.survivors_of`` (a survivors run may condition on another one)."""
     data = {k: v for k, v in identity.get("data", {}).items() if k != "survivors_of"}
     return {**identity, "data": data}
@@ -107,10 +107,10 @@ def survivors(folders: list[str], identity: dict[str, Any], ties: str) -> tuple[
     """The images robust in every folder of ``data.survivors_of`` (each checked against this run's identity),
     and what the run conditions on (each folder's name and settings hash, for the identity and summary)."""
     runs = [load_run(f, "data.survivors_of") for f in folders]
-    here = RunFolder(Path("."), "", _unconditioned(identity), {})
+    here = RunFolder(Path("."), "", unconditioned(identity), {})
     for run in runs:
         try:
-            check_same([here, RunFolder(run.path, "", _unconditioned(run.identity), {})], EVALUATED, "condition on")
+            check_same([here, RunFolder(run.path, "", unconditioned(run.identity), {})], EVALUATED, "condition on")
         except ConfigError as exc:
             raise ConfigError(f"data.survivors_of: {run.path} does not evaluate what this run does "
                               f"({str(exc).split(' — ', 1)[-1]}); list only runs of the same data and defence") from exc
