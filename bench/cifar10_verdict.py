@@ -78,10 +78,19 @@ def attack_config(defence: str, attack: str, args: argparse.Namespace, condition
     return cfg
 
 
-def run(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
+def run(cfg: dict[str, Any], folder: Path) -> dict[str, Any] | None:
+    """One resumable run; None when the runs it conditions on left nothing to attack."""
+    from hetpure.errors import ConfigError
+
     cfg["run"]["out"] = str(folder)
     print(f"\n== {folder.name} ==", flush=True)
-    return evaluate(cfg)
+    try:
+        return evaluate(cfg)
+    except ConfigError as exc:
+        if "nothing is left to attack" not in str(exc):
+            raise
+        print(f"{folder.name}: skipped, {exc}", flush=True)
+        return None
 
 
 def diagnostic_cell(s: dict[str, Any]) -> str:
@@ -101,7 +110,9 @@ def strength(args: argparse.Namespace) -> None:
         for attack in args.attacks:
             folder = out / f"{defence}-{attack}-eot{args.eot}"
             s = run(attack_config(defence, attack, args, sources(defence)), folder)
-            broke = s["n"] - round(s["adversarial_accuracy"] * s["n"])
+            if s is None:
+                continue
+            broke = s["per_attack"][0]["broke"]  # survivors this attack broke (clean-correct under its own draw)
             seconds = (s["seconds_per_image"] or 0) * s["n"]
             rows.append([defence, attack, s["n"], broke, f"{seconds / 3600:.2f}",
                          f"{broke / seconds * 3600:.2f}" if seconds else "–", diagnostic_cell(s)])
@@ -127,8 +138,10 @@ def published(args: argparse.Namespace) -> None:
             cfg["attack"] = {**{k: v for k, v in cfg["attack"].items() if k not in ("step_size", "eot")}, **keys,
                              "steps": args.steps}
             s = run(cfg, out / f"{defence}-{attack}")
+            if s is None:
+                continue
             add_rows(args, {f"{defence}-{attack}": s})
-            broke = s["n"] - round(s["adversarial_accuracy"] * s["n"])
+            broke = s["per_attack"][0]["broke"]  # survivors this attack broke (clean-correct under its own draw)
             seconds = (s["seconds_per_image"] or 0) * s["n"]
             rows.append([defence, attack, s["n"], broke, f"{seconds / 3600:.2f}", diagnostic_cell(s)])
             data.append({"defence": defence, "attack": attack, "settings": keys, "steps": args.steps,
@@ -210,21 +223,22 @@ def print_worst(summaries: dict[str, dict[str, Any]], pair: dict[str, Any]) -> N
 def rows(args: argparse.Namespace) -> None:
     """Item 4: the chosen attack(s) on each defence's survivors at n, the exact mask-aware attacks on
     heterogeneous noise's, each defence's worst-case row (combine), the pair, and the R = 32 rescoring."""
-    out = RECORDS / "verdict"
+    out = Path(args.out) / "verdict"
     worst: dict[str, dict[str, Any]] = {}
     for defence in args.defences:
         folders = list(sources(defence))
         plan = list(args.attacks) + (list(args.mask_attacks) if defence == "heterogeneous" else [])
         for attack in plan:
             folder = out / f"{defence}-{attack}-eot{args.eot}"
-            run(attack_config(defence, attack, args, folders), folder)
+            if run(attack_config(defence, attack, args, folders), folder) is None:
+                continue
             folders.append(folder)  # the next attack runs on what this one left
             if args.rescore_runs:
                 rescore(folder, out / f"{folder.name}-R{args.rescore_runs}", {"defense": {"runs": args.rescore_runs}})
-        worst[defence] = combine(folders, RECORDS / f"{defence}-worst")
+        worst[defence] = combine(folders, Path(args.out) / f"{defence}-worst")
         add_rows(args, {f"{defence}-worst": worst[defence]})
     if len(worst) == 2:
-        pair = compare(RECORDS / "heterogeneous-worst", RECORDS / "uniform-tl-worst")
+        pair = compare(Path(args.out) / "heterogeneous-worst", Path(args.out) / "uniform-tl-worst")
         print_worst(worst, pair)
         merge(VERDICT, "worst", [{"defence": d, **row_of(s)} for d, s in worst.items()], key=lambda r: r["defence"])
         merge(VERDICT, "worst pair", [pair], key=lambda r: (r["row"], r["reference"]))

@@ -299,3 +299,27 @@ def test_combine_a_survivors_run_with_its_sources_counts_every_image(tmp_path: P
     (tmp_path / "second" / "records.jsonl").write_text("".join(r for r in records if '"index": 0,' not in r))
     s = combine([tmp_path / "weak", tmp_path / "second"], tmp_path / "partial")
     assert s["n"] == 5 and s["left_out_unfinished"] == [0] and s["robust_accuracy"] == 2 / 5
+
+
+def test_an_unresolved_replayed_attack_is_never_robust() -> None:
+    r = rec(0, 1, [0, 4, 0], [0, 4, 0], attacks=[
+        {"name": "saved", "attacked": True, "votes": [0, 4, 0], "worst_case_correct": 1, "worst_case_k": 1},
+        {"name": "saved", "attacked": False, "unresolved": True}])
+    assert not image_status(r)["robust"] and accuracies([r])["unresolved"] == 1
+
+
+def test_rescore_paths_votes_and_slots(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run(out)
+    given = (DATA, Brightness(), None)
+    s = rescore(out, tmp_path / "re", ["defense.runs=3"], given)
+    assert s["pipelines"]["transfer"] is False  # more votes is the same defence, not a transfer
+    saved = json.loads((tmp_path / "re" / "config.json").read_text())["config"]["attack"]
+    assert saved["source"] == "../run"  # portable: relative to the rescoring's folder
+    bad = brightness_config(tmp_path / "slot", {"name": "saved", "source": str(out), "slot": 3})
+    with pytest.raises(ConfigError, match="slots 0–0"):
+        evaluate(bad, components=given)
+    survivors = brightness_config(tmp_path / "surv", PGD) | {"data": {"name": "mnist5k", "survivors_of": [str(out)]}}
+    evaluate(survivors, components=given)
+    with pytest.raises(ConfigError, match="conditional"):
+        leaderboard_record(tmp_path / "surv")

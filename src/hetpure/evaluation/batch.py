@@ -144,10 +144,13 @@ def evaluate_batch(ev: Evaluator, x: Tensor, y: Tensor, b: int, indices: list[in
         rows = list(range(len(x))) if j == 0 or cfg["run"]["ensemble"] == "all" else \
             [i for i in range(len(x)) if bool(alive[i])]
         saved = ev.saved(j) if a["name"] == "saved" else None
-        if saved is not None:  # a replayed attack runs where its source run saved an example
-            rows = [i for i in rows if indices[i] in saved]
+        unresolved: set[int] = set()
+        if saved is not None:  # a replayed attack scores every example its source saved (whatever came before)
+            unresolved = {i for i in rows if indices[i] not in saved}  # never faced this attack in the source
+            rows = [i for i in range(len(x)) if indices[i] in saved]
         for i in sorted(set(range(len(x))) - set(rows)):
-            outcomes[i].append({"name": a["name"], "attacked": False})
+            skipped = {"unresolved": True} if i in unresolved else {}
+            outcomes[i].append({"name": a["name"], "attacked": False, **skipped})
         if not rows:
             examples.append((x[:0], []))
             continue
@@ -156,6 +159,7 @@ def evaluate_batch(ev: Evaluator, x: Tensor, y: Tensor, b: int, indices: list[in
         xs, ys = x[rows], y[rows]
         if saved is not None:
             x_adv, attack_calls = torch.stack([saved[indices[i]] for i in rows]).to(x), 0
+            _check_budget(x_adv, xs, a, [indices[i] for i in rows])
         else:
             x_adv, attack_calls = ev.attack(xs, ys, batch_generator(seed, b, salt_attack, ev.device), j,
                                             judge_generator=batch_generator(seed, b, salt_attack + 50, ev.device))
@@ -184,6 +188,20 @@ def evaluate_batch(ev: Evaluator, x: Tensor, y: Tensor, b: int, indices: list[in
     for i, row in enumerate(clean_host.cpu().tolist()):
         records.append(_record(indices[i], row, c, outcomes[i], k, b, digest, is_ensemble(cfg), ties))
     return records, {"examples": examples, "attack_calls": attack_calls, "x_adv": first_adv}
+
+
+def _check_budget(x_adv: Tensor, x: Tensor, a: dict[str, Any], indices: list[int]) -> None:
+    """Replayed examples must lie in the source attack's threat model around these very images."""
+    from ..errors import RecordsError
+
+    eps = a["eps"] if a["eps"] is not None else (8 / 255 if a["norm"] == "linf" else 0.5)
+    d = (x_adv - x).flatten(1)
+    size = d.abs().amax(1) if a["norm"] == "linf" else d.norm(dim=1)
+    bad = [i for i, s in zip(indices, size.tolist()) if s > eps + 1e-5]
+    if bad or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
+        raise RecordsError(f"saved examples of {a['source']} for images {bad[:5]} leave the {a['norm']} ball of radius "
+                           f"{eps:.6g} around the images (or [0, 1]): they were not made for these images; rescore "
+                           "with the source run's own data")
 
 
 def _record(index: int, clean: list[float], c: int, outcomes: list[dict[str, Any]], k: int, b: int, digest: str,

@@ -38,24 +38,16 @@ def conditioned_on(run: RunFolder) -> list[str]:
     return list(survivors_of["settings_hashes"]) if survivors_of else []
 
 
-def _survivor(run: RunFolder, i: int, by_hash: dict[str, RunFolder]) -> bool:
-    """Whether image ``i`` was robust in every run ``run`` conditions on (so ``run`` should hold it)."""
-    ties = run.identity["data"]["survivors_of"].get("ties", "wrong")
-    for h in conditioned_on(run):
-        record = by_hash[h].by_index().get(i)
-        if record is None or not image_status(record, ties)["robust"]:
-            return False
-    return True
-
-
 def combined_records(runs: list[RunFolder], digest: str, ties: str) -> tuple[list[dict[str, Any]], list[int]]:
     """One record per image: the clean evaluation of the first run on the full subset, every run's outcomes; and
     the images left out.
 
     The images are those every run on the full subset finished. A ``data.survivors_of`` run holds only the images
     still robust in the runs it conditions on (which must be among ``runs``): an image it lacks because a source
-    broke it (or got it wrong clean) has ``attacked: false`` outcomes for its attacks; an image it lacks although
-    the sources left it robust is unfinished there, and is left out (returned), never counted robust.
+    broke it (or got it wrong clean) has ``attacked: false`` outcomes for its attacks. An image that is robust in
+    the combination (this clean evaluation, these ties) although a survivors run lacks it was never faced with
+    that run's attacks (unfinished there, or skipped under another draw): it is left out (returned), never
+    counted robust. Leaving it out can only lower the row, which the summary says.
     """
     by_hash = {r.settings_hash: r for r in runs}
     for run in runs:
@@ -71,9 +63,6 @@ def combined_records(runs: list[RunFolder], digest: str, ties: str) -> tuple[lis
     clean = full[0].by_index()  # the clean evaluation: the first run on the full subset
     records, unfinished = [], []
     for i in common:
-        if any(i not in m and _survivor(run, i, by_hash) for run, m in zip(runs, maps)):
-            unfinished.append(i)
-            continue
         first = clean[i]
         outs: list[dict[str, Any]] = []
         for run, m in zip(runs, maps):
@@ -90,6 +79,9 @@ def combined_records(runs: list[RunFolder], digest: str, ties: str) -> tuple[lis
         record.update(attacks=outs, settings_hash=digest,
                       worst_case_k=max((o.get("worst_case_k", 1) for o in outs if o.get("attacked", True)), default=1))
         status = image_status(record, ties)
+        if status["robust"] and any(i not in m for m in maps):  # robust only because an attack never ran on it
+            unfinished.append(i)
+            continue
         ran = [o for o in outs if o.get("attacked", True)]
         shown = outs[status["broken_by"]] if status["broken_by"] is not None else ran[-1]
         record.update(adversarial_prediction=shown.get("prediction"), adversarial_votes=shown.get("votes"),
@@ -118,8 +110,14 @@ def combine(folders: list[str | Path], out: str | Path, ties: str = "wrong") -> 
     out = Path(out)
     if any(out.resolve() == r.path.resolve() for r in runs):
         raise ConfigError(f"--out {out} is one of the runs being combined; give a new folder")
-    identity = {**{s: runs[0].identity.get(s) for s in EVALUATED},
+    base = next((r for r in runs if not conditioned_on(r)), runs[0])  # refused below when every run is conditioned
+    identity = {**{s: unconditioned(base.identity).get(s) for s in EVALUATED},
                 "combined_from": [r.settings_hash for r in runs], "ties": ties}
+    norms = {(a.get("norm", "linf"), round(a.get("eps") or (8 / 255 if a.get("norm", "linf") == "linf" else 0.5), 9))
+             for r in runs for a in _sections(r) if a.get("name") not in ("saved", "none")}
+    if len(norms) > 1:
+        raise ConfigError(f"the runs attack under different threat models {sorted(norms, key=str)} (norm, eps); a "
+                          "worst case is taken within one threat model: combine runs of one norm and eps")
     digest = identity_hash(identity)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
@@ -127,7 +125,8 @@ def combine(folders: list[str | Path], out: str | Path, ties: str = "wrong") -> 
         records, unfinished = combined_records(runs, digest, ties)
         if not records:
             raise ConfigError(f"the runs share no finished image; nothing to combine ({', '.join(map(str, folders))})")
-        cfg = runs[0].resolved_config()
+        cfg = base.resolved_config()
+        cfg["data"] = {k: v for k, v in cfg["data"].items() if k != "survivors_of"}
         cfg["attack"] = [a for r in runs for a in _sections(r)]
         cfg["run"] = {**cfg.get("run", {}), "ties": ties, "out": str(out),
                       "worst_case_k": max(int(r.get("worst_case_k", 1)) for r in records)}

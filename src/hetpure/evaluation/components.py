@@ -51,8 +51,31 @@ def identity_of(cfg: dict[str, Any], dataset: Any = None, classifier: nn.Module 
             if not section["source"]:
                 raise ConfigError("attack.name saved needs attack.source, the run folder whose examples it replays; "
                                   "use hetpure rescore RUN_DIR --out DIR")
-            a["source_settings_hash"] = load_run(section["source"], "attack.source").settings_hash
+            source = load_run(section["source"], "attack.source")
+            a["source_settings_hash"] = source.settings_hash
+            _check_source(identity, source, section)
     return identity
+
+
+def _check_source(identity: dict[str, Any], source: Any, section: dict[str, Any]) -> None:
+    """A replayed example is scored on the data and models it was made for; the source's conditioning
+    (``data.survivors_of``) carries over into the identity, so a rescoring combines like its source."""
+    from .identity import identity_diff
+    from .runs import unconditioned
+
+    for key in ("data", "classifier", "diffusion"):
+        mine, theirs = unconditioned(identity).get(key), unconditioned(source.identity).get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            diff = "; ".join(identity_diff({key: theirs}, {key: mine})[:4])
+            raise ConfigError(f"attack.source {source.path} was made on other {key} ({diff}); rescore its examples "
+                              f"with its own {key} (drop the --set {key}.… override)")
+    conditioning = (source.identity.get("data") or {}).get("survivors_of")
+    if conditioning:
+        identity["data"]["survivors_of"] = conditioning
+    sections = source.config.get("attack")
+    count = len(sections) if isinstance(sections, list) else 1
+    if section["slot"] >= count:
+        raise ConfigError(f"attack.slot {section['slot']}: {source.path} has {count} attack(s) (slots 0–{count - 1})")
 
 
 def build_dataset(cfg: dict[str, Any]) -> Any:

@@ -226,7 +226,10 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section, values in cfg.items():
         if section == "attack" and isinstance(values, list):
-            out[section] = [validate_section(section, v, f"attack[{j}]") for j, v in enumerate(values)]
+            try:
+                out[section] = [validate_section(section, v, f"attack[{j}]") for j, v in enumerate(values)]
+            except ConfigError as exc:  # --set cannot address one element: the fix is in the YAML
+                raise ConfigError(str(exc).replace("fix: --set attack[", "fix: in the YAML, set attack[")) from exc
         else:
             out[section] = validate_section(section, values)
     return out
@@ -322,6 +325,8 @@ def resolve_config(config: dict[str, Any], overrides: dict[str, dict[str, Any]] 
     resolved = validate_config(resolved)
     for a in attack_sections(resolved):
         a["through"] = _resolve_through(a["through"], resolved["defense"])
+        if isinstance(a["source"], str):
+            a["source"] = expand_path(a["source"])
     for section, key in PATH_KEYS:
         if isinstance(resolved[section][key], str):
             resolved[section][key] = expand_path(resolved[section][key])

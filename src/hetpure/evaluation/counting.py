@@ -115,7 +115,9 @@ def image_status(record: dict[str, Any], ties: str = "wrong") -> dict[str, Any]:
     clean = clean_correct(record, ties)
     ran = [(j, o) for j, o in enumerate(outcomes(record)) if o.get("attacked", True)]
     wrong = [j for j, o in ran if not outcome_correct(o, label, ties)]
-    adversarial = not wrong
+    # a replayed attack with no saved example for an image still standing: never faced it, so never robust
+    unresolved = any(o.get("unresolved") for o in outcomes(record))
+    adversarial = not wrong and not unresolved
     worst = all(outcome_worst_case(o, label, ties) for _, o in ran)
     return {"clean": clean, "adversarial": adversarial, "robust": clean and adversarial,
             "worst_case": clean and adversarial and worst, "broken_by": wrong[0] if wrong else None}
@@ -169,6 +171,9 @@ def accuracies(records: Iterable[dict[str, Any]], ties: str = "wrong",
                                  "rate": len(still) / len(kept)}} if kept else {}),
         })
     out["per_attack"] = per_attack
+    unresolved = sum(1 for r in rs if any(o.get("unresolved") for o in outcomes(r)))
+    if unresolved:  # rescorings: images counted not robust because a later attack has no example for them
+        out["unresolved"] = unresolved
     return out
 
 

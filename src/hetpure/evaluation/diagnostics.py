@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import cross_entropy
+from ..attacks.base import LOSSES
 
 DIAGNOSTIC_FILE = "eot_diagnostic.json"  # in the run folder, written with the first batch
 TARGET_COSINE = 0.9
@@ -58,13 +59,15 @@ def eot_for_cosine(rho: float, target: float = TARGET_COSINE) -> float:
 
 
 def half_cosines(attack: Any, model: nn.Module, x: Tensor, y: Tensor) -> list[float]:
-    """Per image, the cosine of two independent EOT half-gradients of ``attack``'s loss at ``x`` (the attack's
+    """Per image, the cosine of two independent EOT half-gradients of ``attack``'s own loss at ``x`` (the attack's
     own gradient machinery, chunking and model; its cost counter is restored)."""
     eot, passes = attack.eot, attack.forward_passes
+    loss = getattr(attack, "loss", "ce")
+    loss_fn = LOSSES[loss] if isinstance(loss, str) and loss in LOSSES else cross_entropy  # the loss it follows
     attack.eot = max(1, math.ceil(eot / 2))
     try:
-        g1, _, _ = attack.gradient(model, x, y, cross_entropy)
-        g2, _, _ = attack.gradient(model, x, y, cross_entropy)
+        g1, _, _ = attack.gradient(model, x, y, loss_fn)
+        g2, _, _ = attack.gradient(model, x, y, loss_fn)
     finally:
         attack.eot, attack.forward_passes = eot, passes
     cos = torch.nn.functional.cosine_similarity(g1.flatten(1).double(), g2.flatten(1).double(), dim=1, eps=1e-30)

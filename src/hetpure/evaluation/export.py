@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import RecordsError
+from ..errors import ConfigError, RecordsError
 from .records import write_json_atomic
 from .runs import load_run
 
@@ -28,6 +28,10 @@ def _attack_key(sections: list[dict[str, Any]]) -> str:
 def leaderboard_record(run_dir: str | Path) -> dict[str, Any]:
     """The record of :func:`export` as a dict (reads ``summary.json`` and ``config.json``; writes nothing)."""
     run = load_run(run_dir)
+    if (run.identity.get("data") or {}).get("survivors_of"):
+        raise ConfigError(f"{run_dir} attacked only the survivors of other runs (data.survivors_of), so its accuracy "
+                          "is conditional, not a leaderboard number; export the row hetpure combine makes of it and "
+                          "the runs it conditions on")
     try:
         s = json.loads((run.path / "summary.json").read_text())
     except (OSError, ValueError) as exc:

@@ -345,6 +345,10 @@ def portable_config(cfg: dict[str, Any], base: str | Path) -> dict[str, Any]:
             out[section][key] = portable_path(out[section][key], base)
     if isinstance((out.get("data") or {}).get("survivors_of"), list):
         out["data"]["survivors_of"] = [portable_path(f, base) for f in out["data"]["survivors_of"]]
+    attacks = out.get("attack")
+    for a in attacks if isinstance(attacks, list) else [attacks] if isinstance(attacks, dict) else []:
+        if isinstance(a.get("source"), str):  # a saved attack's source run folder
+            a["source"] = portable_path(a["source"], base)
     if "run" in out and out["run"].get("out") is not None:
         run_out = Path(str(out["run"]["out"])).expanduser()
         out["run"]["out"] = "." if run_out.resolve() == Path(base).resolve() else portable_path(run_out, base)

@@ -131,7 +131,7 @@ def summarise(cfg: dict[str, Any], digest: str, records: list[dict[str, Any]], s
     summary = {
         "n": n,
         "counting": {"robust": RULES["robust"], "ties": ties, "ties_rule": RULES[ties]},
-        **{k: v for k, v in acc.items() if k not in ("n", "ties", "per_attack")},
+        **{k: v for k, v in acc.items() if k not in ("n", "ties", "per_attack")},  # unresolved: rescorings only
         "per_attack": acc["per_attack"],
         "worst_case_k": cfg["run"]["worst_case_k"],
         "pipelines": {
@@ -195,6 +195,9 @@ def summary_markdown(s: dict[str, Any]) -> str:
     counting = s.get("counting")
     if counting:
         lines += [f"Counting: {counting['robust']}. Ties ({counting['ties']}): {counting['ties_rule']}.", ""]
+    if s.get("unresolved"):
+        lines += [f"{s['unresolved']} images still stand in this rescoring where a later attack of the source "
+                  "ensemble has no saved example (the source broke them earlier): counted not robust.", ""]
     if s.get("conditioned_on"):
         lines += [f"Images: only those still robust in {', '.join(s['conditioned_on'])} (data.survivors_of); "
                   "combine this run with them for the per-image worst case over all their attacks.", ""]

@@ -40,10 +40,13 @@ def rescore_config(run_dir: str | Path, out: str | Path,
         raise ConfigError("rescore scores the source run's images; data settings cannot change (got --set data."
                           f"{next(iter(overrides['data']))})")
     cfg = source.resolved_config()
+    cfg["data"].pop("survivors_of", None)  # the images are the source's; its conditioning is in the identity
     sections = cfg["attack"] if isinstance(cfg["attack"], list) else [cfg["attack"]]
-    defense = resolve_config({**cfg, "attack": {"name": "none"}}, {"defense": overrides.get("defense", {})})["defense"]
+    new = {s: {**cfg.get(s, {}), **overrides.get(s, {})} for s in ("defense", "diffusion")}
+    defense = resolve_config({**cfg, **new, "attack": {"name": "none"}})["defense"]
     source_defense = resolve_config({**cfg, "attack": {"name": "none"}})["defense"]
-    through = None if defense == source_defense else source_defense  # another defence: a transfer evaluation
+    # another defence is a transfer evaluation; more votes or another ε-call batch is the same defence
+    through = None if _pipeline(defense) == _pipeline(source_defense) else source_defense
     saved = [{"name": "saved", "source": str(source.path), "slot": j, "norm": a.get("norm", "linf"),
               "eps": a.get("eps"), **({"through": _through_keys(through)} if through else {})}
              for j, a in enumerate(sections)]
@@ -52,6 +55,11 @@ def rescore_config(run_dir: str | Path, out: str | Path,
     cfg["run"] = {**cfg.get("run", {}), "out": str(out), "sanity": False,
                   "seed": int(cfg.get("run", {}).get("seed", 0)) + FRESH_SEED_OFFSET}
     return resolve_config(cfg, overrides)
+
+
+def _pipeline(defense: dict[str, Any]) -> dict[str, Any]:
+    """A defence section without what does not change the pipeline an example passes through (R, the ε-call batch)."""
+    return {k: v for k, v in defense.items() if k not in ("runs", "max_batch")}
 
 
 def _through_keys(defense: dict[str, Any]) -> dict[str, Any]:

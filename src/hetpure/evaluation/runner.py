@@ -82,7 +82,7 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
         from .runs import SurvivorSubset, survivors
 
         keep, conditioned = survivors(cfg["data"]["survivors_of"], identity, cfg["run"]["ties"])
-        identity["data"]["survivors_of"] = {"settings_hashes": [c["settings_hash"] for c in conditioned],
+        identity["data"]["survivors_of"] = {"settings_hashes": sorted(c["settings_hash"] for c in conditioned),
                                             "ties": cfg["run"]["ties"]}
         dataset = SurvivorSubset(dataset, keep)
         if not len(dataset):
@@ -283,7 +283,7 @@ def _write_diagnostic(out: Path, ev: Evaluator, x: Tensor, y: Tensor, extras: di
         if not rows or attack_sections(ev.cfg)[j]["name"] in ("none", "saved") or ev.purifier is None:
             results.append(None)  # nothing stochastic to measure
             continue
-        generator = batch_generator(ev.cfg["run"]["seed"], b, 9_000 + j, ev.device)
+        generator = batch_generator(ev.cfg["run"]["seed"], b, 5_000 + j, ev.device)  # salts stay below the batch stride
         results.append(eot_diagnostic(ev, x[rows], y[rows], x_adv, generator, j))
     write_json_atomic(out / DIAGNOSTIC_FILE, {"settings_hash": digest, "batch": b, "attacks": results})
 

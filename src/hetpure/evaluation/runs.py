@@ -48,6 +48,10 @@ class RunFolder:
                 cfg[section][key] = expand_path(cfg[section][key], self.path)
         if isinstance(cfg.get("data", {}).get("survivors_of"), list):
             cfg["data"]["survivors_of"] = [expand_path(f, self.path) for f in cfg["data"]["survivors_of"]]
+        attacks = cfg.get("attack")
+        for a in attacks if isinstance(attacks, list) else [attacks] if isinstance(attacks, dict) else []:
+            if isinstance(a.get("source"), str):
+                a["source"] = expand_path(a["source"], self.path)
         cfg.setdefault("run", {})["out"] = str(self.path)
         return cfg
 
