@@ -82,7 +82,7 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
         from .runs import SurvivorSubset, survivors
 
         keep, conditioned = survivors(cfg["data"]["survivors_of"], identity, cfg["run"]["ties"])
-        identity["data"]["survivors_of"] = {"settings_hashes": sorted(c["settings_hash"] for c in conditioned),
+        identity["data"]["survivors_of"] = {"settings_hashes": [c["settings_hash"] for c in conditioned],
                                             "ties": cfg["run"]["ties"]}
         dataset = SurvivorSubset(dataset, keep)
         if not len(dataset):
