@@ -29,6 +29,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 import hetpure
+from hetpure.models.base import EpsModel
 from hetpure.schedule import NoiseSchedule
 
 if TYPE_CHECKING:
@@ -190,3 +191,22 @@ def rand(*shape: int, seed: int) -> Tensor:
 def close(a: Tensor, b: Tensor, tol: float = 1e-12) -> bool:
     """Equal to within an absolute ``tol``."""
     return bool(torch.allclose(a, b, rtol=0, atol=tol))
+
+
+# --- a toy ε-model for the hand-written sampler loops (test_sampling.py, test_repaint_resampling.py) ----------
+
+
+class ToyEps(EpsModel):
+    """ε(x, t) = 0.3·x + 0.02·t·sin(x): depends on both x and t, pixel by pixel, so a wrong timestep shows."""
+
+    def __init__(self, schedule: NoiseSchedule) -> None:
+        super().__init__(schedule, in_channels=3)
+
+    def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return 0.3 * x_t + 0.02 * t.view(-1, 1, 1, 1).to(x_t.dtype) * torch.sin(x_t)
+
+
+def toy_eps(x: Tensor, t: int) -> Tensor:
+    """:class:`ToyEps` at one integer timestep, for the hand-written loops."""
+    return 0.3 * x + 0.02 * t * torch.sin(x)
+

@@ -16,26 +16,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import T, abar, close, rand
+from conftest import T, ToyEps, abar, close, rand, toy_eps
 from torch import Tensor
 
-from hetpure.models.base import EpsModel
 from hetpure.sampling import sample_heterogeneous
 from hetpure.schedule import NoiseSchedule
-
-
-class ToyEps(EpsModel):
-    """ε(x, t) = 0.3·x + 0.02·t·sin(x): depends on x and t, pixel by pixel."""
-
-    def __init__(self, schedule: NoiseSchedule) -> None:
-        super().__init__(schedule, in_channels=3)
-
-    def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return 0.3 * x_t + 0.02 * t.view(-1, 1, 1, 1).to(x_t.dtype) * torch.sin(x_t)
-
-
-def toy_eps(x: Tensor, t: int) -> Tensor:
-    return 0.3 * x + 0.02 * t * torch.sin(x)
 
 
 def ddim(x: Tensor, t: int, s: int) -> Tensor:

@@ -14,14 +14,13 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import BETAS, T, abar, close, fixture_file, images, rand
+from conftest import BETAS, T, ToyEps, abar, close, fixture_file, images, rand, toy_eps
 from diffusers import UNet2DModel
 from safetensors import safe_open
 from torch import Tensor, nn
 
 import hetpure
 from hetpure import HeterogeneousPurifier, PurifyConfig, UniformPurifier
-from hetpure.models.base import EpsModel
 from hetpure.sampling import sample_heterogeneous
 from hetpure.schedule import NoiseSchedule
 
@@ -31,18 +30,6 @@ ZEROS = torch.zeros_like
 # --- the heterogeneous sampler against a hand-written loop ------------------------------------------------
 
 
-class ToyEps(EpsModel):
-    """ε(x, t) = 0.3·x + 0.02·t·sin(x): depends on both x and t, so a wrong timestep shows."""
-
-    def __init__(self, schedule: NoiseSchedule) -> None:
-        super().__init__(schedule, in_channels=3)
-
-    def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return 0.3 * x_t + 0.02 * t.view(-1, 1, 1, 1).to(x_t.dtype) * torch.sin(x_t)
-
-
-def toy_eps(x: Tensor, t: int) -> Tensor:
-    return 0.3 * x + 0.02 * t * torch.sin(x)
 
 
 def hand_loop(x0: Tensor, m: Tensor, ts: list[int], t_s: float, resample_steps: int,
