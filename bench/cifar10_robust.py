@@ -81,7 +81,30 @@ def base_config(args: argparse.Namespace, split: str, n: int) -> dict[str, Any]:
                    "gradient": "surrogate", "surrogate_ddim_steps": 10},
         "run": {"batch_size": args.batch_size, "device": args.device, "seed": 0, "worst_case_k": args.worst_case_k,
                 "save_images": True, "progress": True},
+        **model_sections(args),
     }
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that put other models in place of the shared ResNet-20 and tiny DDPM (e.g. the paper's WRN-28-10 and
+    DiffPure's Score-SDE checkpoint, docs/checkpoints.md): a run folder then has another identity."""
+    parser.add_argument("--classifier", default=None, help="a classifier of `hetpure list` (with --classifier-path)")
+    parser.add_argument("--classifier-path", default=None, help="its weights")
+    parser.add_argument("--diffusion-kind", default=None, help="an ε-model kind of `hetpure list` (e.g. ncsnpp)")
+    parser.add_argument("--diffusion-path", default=None, help="its checkpoint or folder")
+
+
+def model_sections(args: argparse.Namespace) -> dict[str, Any]:
+    """The classifier and diffusion sections that ``add_model_flags`` asked for ({} for the shared models)."""
+    sections: dict[str, Any] = {}
+    for section, name, path, what in (("classifier", "classifier", "classifier_path", "name"),
+                                      ("diffusion", "diffusion_kind", "diffusion_path", "kind")):
+        given = getattr(args, name, None), getattr(args, path, None)
+        if any(given) and not all(given):
+            sys.exit(f"give --{name.replace('_', '-')} and --{path.replace('_', '-')} together")
+        if all(given):
+            sections[section] = {what: given[0], "path": given[1]}
+    return sections
 
 
 def row_config(row: str, args: argparse.Namespace, split: str = "test", n: int | None = None) -> dict[str, Any]:
@@ -186,11 +209,13 @@ def pct(v: float) -> str:
 
 def merge_into(target: Path, items: list[dict[str, Any]], key: Any, order: Any) -> None:
     """Merge ``items`` into the JSON list at ``target`` (replacing entries with the same ``key(item)``),
-    ordered as ``order`` lists the keys, so one command refreshes only the rows it ran."""
+    ordered as ``order`` lists the keys, so one command refreshes only the rows it ran; entries of keys not in
+    ``order`` (the rows bench/cifar10_verdict.py adds) stay, after them."""
     merged = {key(r): r for r in (json.loads(target.read_text()) if target.exists() else [])}
     merged.update({key(r): r for r in items})
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps([merged[k] for k in order if k in merged], indent=2) + "\n")
+    keys = [k for k in order if k in merged] + [k for k in merged if k not in order]  # others (verdict rows) kept
+    target.write_text(json.dumps([merged[k] for k in keys], indent=2) + "\n")
 
 
 def entry_of(row: str, s: dict[str, Any], twin: str | None = None) -> tuple[list[Any], dict[str, Any]]:
@@ -715,6 +740,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--paper-budget", action="store_true", help="200 × EOT 20, S = 500, R = 20")
+    add_model_flags(parser)
     parser.add_argument("--max-batch", type=int, default=None,
                         help="defense.max_batch: images per ε-model call (default 32; raise it on a GPU)")
     parser.add_argument("--memory-budget-gb", type=float, default=10.0,

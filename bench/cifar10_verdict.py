@@ -6,7 +6,14 @@ compare / rescore and ``data.survivors_of`` (docs/evaluation.md). Commands:
     python bench/cifar10_verdict.py worst-case      # the committed surrogate + exact rows, per-image worst case
     python bench/cifar10_verdict.py strength --n 32 [--defences ...] [--attacks ...]   # strength per core-second
     python bench/cifar10_verdict.py published --n 32 --steps 10  # DiffAttack, DiffHammer on the survivors
-    python bench/cifar10_verdict.py rows --n 128 --attacks apgd-dlr [--mask-attacks ...] [--rescore-runs 32]
+    python bench/cifar10_verdict.py rows --n 128 --attacks pgd apgd-dlr --defences D [--mask-attacks ...]
+    python bench/cifar10_verdict.py worst --n 128 --attacks pgd apgd-dlr   # when every row is done
+
+``rows`` runs a defence's new rows: the chain ``--attacks`` (each on what the committed rows and the attacks
+before it left) and, on heterogeneous noise, each ``--mask-attacks`` attack on what the chain left (independent
+of each other: once the chain is done, give each its own process with ``--mask-attacks A``), each rescored at
+R = ``--rescore-runs``. ``worst`` resumes them all (a row another process is writing is refused), combines each
+defence's rows into its worst-case row, compares the two and states what R = 32 votes change.
 
 Counting everywhere: robust = clean-correct and every adversarial evaluation of every attack correct, a vote
 whose top count the true label shares with another class is wrong (``run.ties: wrong``). Each new attack runs
@@ -14,9 +21,11 @@ only on the images still robust in the rows before it (``data.survivors_of``), s
 only where the cheap ones failed; ``combine`` then gives each defence's worst-case row. Every run resumes:
 kill and rerun at will, one process per core with ``OMP_NUM_THREADS=1``, commit records as batches finish.
 
-Writes docs/results/cifar10_verdict.json (worst-case rows, their pairing, strength per cost) and, for the
-``rows`` command, merges the worst-case rows into docs/results/cifar10_robust.json and their pairing into
-docs/results/cifar10_paired.json.
+Writes docs/results/cifar10_verdict.json (worst-case rows, their pairing, strength per cost, the cost and
+breaks of each new row, the R = 32 rescoring) and, for ``worst``, merges the worst-case rows into
+docs/results/cifar10_robust.json and their pairing into docs/results/cifar10_paired.json. ``--sources DIR``
+with ``--paper-budget``, ``--device cuda`` and the model flags runs the same verdict on rows made elsewhere
+(a GPU job; docs/RESULTS.md, "What would still change the verdict").
 """
 
 from __future__ import annotations
@@ -27,11 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from _common import REPO, print_table, shared_dir
-from cifar10_robust import ROWS, row_config  # noqa: F401 (ROWS: the rows this builds on)
+from cifar10_robust import PAIRS, ROWS, add_model_flags, merge_into, row_config  # noqa: F401 (ROWS: the rows this builds on)
 
 from hetpure.evaluate import evaluate
 from hetpure.evaluation.combine import combine, compare
+from hetpure.evaluation.counting import image_status, outcome_correct, outcomes
 from hetpure.evaluation.rescore import rescore
+from hetpure.evaluation.runs import load_run, robust_indices
+from hetpure.evaluation.stats import mcnemar_p
 
 RECORDS = REPO / "docs/results/records/cifar10"
 DEFENCES = ("heterogeneous", "uniform-tl")
@@ -62,9 +74,11 @@ def defaults(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**base, **vars(args)})
 
 
-def sources(defence: str) -> list[Path]:
-    """The committed rows of a defence whose survivors the new attacks condition on: surrogate and exact."""
-    return [RECORDS / defence, RECORDS / f"{defence}-exact"]
+def sources(defence: str, args: argparse.Namespace | None = None) -> list[Path]:
+    """The rows of a defence whose survivors the new attacks condition on: its surrogate and exact rows (the
+    committed ones, or those under ``--sources``, e.g. a GPU run of bench/cifar10_robust.py at another budget)."""
+    root = Path(args.sources) if args is not None and args.sources else RECORDS
+    return [root / defence, root / f"{defence}-exact"]
 
 
 def attack_config(defence: str, attack: str, args: argparse.Namespace, conditioned: list[Path]) -> dict[str, Any]:
@@ -109,7 +123,7 @@ def strength(args: argparse.Namespace) -> None:
     for defence in args.defences:
         for attack in args.attacks:
             folder = out / f"{defence}-{attack}-eot{args.eot}"
-            s = run(attack_config(defence, attack, args, sources(defence)), folder)
+            s = run(attack_config(defence, attack, args, sources(defence, args)), folder)
             if s is None:
                 continue
             broke = s["per_attack"][0]["broke"]  # survivors this attack broke (clean-correct under its own draw)
@@ -220,28 +234,193 @@ def print_worst(summaries: dict[str, dict[str, Any]], pair: dict[str, Any]) -> N
           f"p = {c['p_value']:.2g})")
 
 
-def rows(args: argparse.Namespace) -> None:
-    """Item 4: the chosen attack(s) on each defence's survivors at n, the exact mask-aware attacks on
-    heterogeneous noise's, each defence's worst-case row (combine), the pair, and the R = 32 rescoring."""
+def plan(defence: str, args: argparse.Namespace) -> list[tuple[str, Path, list[Path]]]:
+    """The new rows of a defence as (attack, run folder, the runs it conditions on). The chain ``--attacks`` runs
+    in order, each attack on what the committed rows and the attacks before it left; on heterogeneous noise
+    every mask-aware attack then runs on what the whole chain left, independently of the others (so they can run
+    in parallel processes once the chain is done)."""
     out = Path(args.out) / "verdict"
-    worst: dict[str, dict[str, Any]] = {}
+    steps: list[tuple[str, Path, list[Path]]] = []
+    conditioned = base_of_chain(defence, args)
+    for attack in args.attacks:
+        folder = out / f"{defence}-{attack}-eot{args.eot}"
+        steps.append((attack, folder, list(conditioned)))
+        conditioned.append(folder)
+    if defence == "heterogeneous":
+        steps += [(a, out / f"{defence}-{a}-eot{args.eot}", list(conditioned)) for a in args.mask_attacks]
+    return steps
+
+
+def run_plan(defence: str, args: argparse.Namespace, steps: list[tuple[str, Path, list[Path]]]
+             ) -> list[tuple[str, Path, dict[str, Any], dict[str, Any] | None]]:
+    """Run (resume) each step and rescore its saved examples at R = ``--rescore-runs``; skip a step whose
+    conditioning left nothing to attack (and drop it from the later steps' conditioning)."""
+    done = []
+    skipped: set[Path] = set()
+    for attack, folder, conditioned in steps:
+        s = run(attack_config(defence, attack, args, [c for c in conditioned if c not in skipped]), folder)
+        if s is None:
+            skipped.add(folder)
+            continue
+        rescored = None
+        if args.rescore_runs:
+            rescored = rescore(folder, rescored_folder(folder, args), {"defense": {"runs": args.rescore_runs}})
+        done.append((attack, folder, s, rescored))
+    return done
+
+
+def rescored_folder(folder: Path, args: argparse.Namespace) -> Path:
+    return folder.parent / f"{folder.name}-R{args.rescore_runs}"
+
+
+def base_of_chain(defence: str, args: argparse.Namespace) -> list[Path]:
+    """What the first new row of a defence conditions on: its surrogate and exact rows, or their combination.
+
+    ``data.survivors_of`` keeps the images robust in *each* listed row (each under its own clean evaluation),
+    while ``combine`` counts the clean evaluation of the first row only. An image whose clean vote is right in
+    the surrogate row but wrong in the exact row's own evaluation is robust in the combination yet no survivor
+    of the two rows: a new row would never attack it and ``combine`` would leave it out. So when the two sets
+    differ on the images of the combined folder (``--n`` first images; uniform t_l: 3 such images), the chain
+    conditions on the combined folder (``worst-case``) instead, whose robust images are exactly those counted.
+    """
+    raw = sources(defence, args)
+    combined = raw[0].parent / "combined" / f"{defence}-surrogate+exact"
+    if not combined.is_dir():
+        combine(raw, combined)
+    counted = load_run(combined)
+    images = {int(r["index"]) for r in counted.records}
+    each = set.intersection(*(robust_indices(load_run(f), "wrong") for f in raw)) & images
+    return raw if each == robust_indices(counted, "wrong") else [combined]
+
+
+def rows(args: argparse.Namespace) -> None:
+    """Item 4, the runs: the chosen attack(s) on each defence's survivors at ``--n`` and, on heterogeneous noise's,
+    the exact mask-aware attacks, each rescored at R = 32. ``worst`` then combines and compares them."""
     for defence in args.defences:
-        folders = list(sources(defence))
-        plan = list(args.attacks) + (list(args.mask_attacks) if defence == "heterogeneous" else [])
-        for attack in plan:
-            folder = out / f"{defence}-{attack}-eot{args.eot}"
-            if run(attack_config(defence, attack, args, folders), folder) is None:
-                continue
-            folders.append(folder)  # the next attack runs on what this one left
-            if args.rescore_runs:
-                rescore(folder, out / f"{folder.name}-R{args.rescore_runs}", {"defense": {"runs": args.rescore_runs}})
-        worst[defence] = combine(folders, Path(args.out) / f"{defence}-worst")
-        add_rows(args, {f"{defence}-worst": worst[defence]})
-    if len(worst) == 2:
-        pair = compare(Path(args.out) / "heterogeneous-worst", Path(args.out) / "uniform-tl-worst")
-        print_worst(worst, pair)
-        merge(VERDICT, "worst", [{"defence": d, **row_of(s)} for d, s in worst.items()], key=lambda r: r["defence"])
-        merge(VERDICT, "worst pair", [pair], key=lambda r: (r["row"], r["reference"]))
+        run_plan(defence, args, plan(defence, args))
+    print("\nthen, when every process is done: python bench/cifar10_verdict.py worst "
+          f"--n {args.n} --attacks {' '.join(args.attacks)} --eot {args.eot}", flush=True)
+
+
+def worst(args: argparse.Namespace) -> None:
+    """Item 4, the verdict: every row of both defences finished (resumed: a row another process still writes is
+    refused), each defence's worst-case row (``combine``), the pair (``compare``), the cost and breaks of each
+    attack, and what R = 32 votes on the new rows' saved examples do to the verdict."""
+    out = Path(args.out)
+    summaries: dict[str, dict[str, Any]] = {}
+    attack_rows: list[dict[str, Any]] = []
+    noise: dict[str, dict[str, Any]] = {}
+    for defence in DEFENCES:
+        done = run_plan(defence, args, plan(defence, args))
+        folders = base_of_chain(defence, args) + [folder for _, folder, _, _ in done]
+        summaries[defence] = combine(folders, out / f"{defence}-worst")
+        add_rows(args, {f"{defence}-worst": summaries[defence]})
+        attack_rows += [attack_entry(defence, attack, folder, s, r) for attack, folder, s, r in done]
+        if args.rescore_runs:
+            noise[defence] = vote_noise(
+                [(a, load_run(f).records, load_run(rescored_folder(f, args)).records) for a, f, _, _ in done])
+    pair = compare(out / "heterogeneous-worst", out / "uniform-tl-worst")
+    print_worst(summaries, pair)
+    target = verdict_file(args)
+    merge(target, "worst", [{"defence": d, **row_of(s)} for d, s in summaries.items()], key=lambda r: r["defence"])
+    merge(target, "worst pair", [pair], key=lambda r: (r["row"], r["reference"]))
+    merge(target, "worst attacks", attack_rows, key=lambda r: (r["defence"], r["attack"]))
+    if noise:
+        worst_records = {d: load_run(out / f"{d}-worst").records for d in DEFENCES}
+        merge(target, f"worst R{args.rescore_runs}", [vote_noise_verdict(worst_records, noise, args.rescore_runs)],
+              key=lambda r: r["runs"])
+    if target == VERDICT:
+        merge_into(REPO / "docs/results/cifar10_paired.json", [pair], lambda r: (r["row"], r["reference"]), PAIRS)
+
+
+def attack_entry(defence: str, attack: str, folder: Path, s: dict[str, Any],
+                 rescored: dict[str, Any] | None) -> dict[str, Any]:
+    """One new row: what it attacked and broke, its cost in core-hours (the records' seconds), its EOT
+    diagnostic and its rescoring."""
+    seconds = (s["seconds_per_image"] or 0) * s["n"]
+    entry = {"defence": defence, "attack": attack, "folder": f"verdict/{folder.name}",
+             "settings": {k: s["config"]["attack"].get(k) for k in ("name", "eps", "steps", "eot", "gradient",
+                                                                     "mask_mode", "attention_weight", "grid")
+                          if s["config"]["attack"].get(k) is not None},
+             "attacked": s["n"], "broke": s["per_attack"][0]["broke"], "core_hours": seconds / 3600,
+             "seconds_per_image": s["seconds_per_image"], "machine": s["machine"],
+             "conditioned_on": s.get("conditioned_on"), "eot_diagnostic": s.get("eot_diagnostic")}
+    if rescored:
+        entry["rescored"] = {k: rescored[k] for k in ("n", "clean_accuracy", "robust_accuracy",
+                                                      "adversarial_accuracy") if k in rescored}
+        entry["rescored"]["runs"] = rescored["config"]["defense"]["runs"]
+    return entry
+
+
+def vote_noise(new_rows: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]],
+               ties: str = "wrong") -> dict[str, Any]:
+    """What more votes do to a defence's new rows: each (attack, its records at R = 8, its rescoring's records at
+    R = 32) in the order of :func:`plan`. Per image attacked by the first new row (the survivors of the committed
+    rows, robust there): robust at R = 8 when every new row that attacked it is correct (the worst-case row's
+    rule); at R = 32 *broken* when a new row's saved example is wrong under 32 votes, *unresolved* when every
+    saved example is right under 32 votes but a later row never attacked it (an earlier one broke it at R = 8),
+    else robust. Clean evaluations stay those of the worst-case row; only the adversarial votes change.
+
+    Returns per image ``{index: "robust" | "broken" | "unresolved"}`` at R = 8 and R = 32 and per row the
+    attacked images correct at R = 8 and at R = 32 (and how many flipped each way)."""
+    at8: dict[int, str] = {}
+    at32: dict[int, str] = {}
+    first = {int(r["index"]) for r in new_rows[0][1]} if new_rows else set()
+    per_row = []
+    for attack, records, rescored in new_rows:
+        ok8 = {int(r["index"]): outcome_correct(outcomes(r)[0], int(r["label"]), ties) for r in records}
+        ok32 = {int(r["index"]): outcome_correct(outcomes(r)[0], int(r["label"]), ties) for r in rescored}
+        if set(ok32) != set(ok8):
+            raise SystemExit(f"the rescoring of {attack} holds other images than its row; rerun it to finish")
+        per_row.append({"attack": attack, "attacked": len(ok8), "correct_r8": sum(ok8.values()),
+                        "correct_r32": sum(ok32.values()),
+                        "r8_only": sum(ok8[i] and not ok32[i] for i in ok8),
+                        "r32_only": sum(ok32[i] and not ok8[i] for i in ok8)})
+        for i in first:
+            if i in ok8:
+                at8[i] = "broken" if not ok8[i] or at8.get(i) == "broken" else "robust"
+                at32[i] = "broken" if not ok32[i] or at32.get(i) == "broken" else at32.get(i, "robust")
+            else:  # not attacked by this row: an earlier new row broke it at R = 8
+                at8[i] = "broken"
+                if at32.get(i, "robust") == "robust":
+                    at32[i] = "unresolved"
+    return {"images": len(first), "at_r8": at8, "at_r32": at32, "per_row": per_row}
+
+
+def vote_noise_verdict(worst_records: dict[str, list[dict[str, Any]]], noise: dict[str, dict[str, Any]],
+                       runs: int) -> dict[str, Any]:
+    """The worst-case rows with the new rows' adversarial votes at R = ``runs`` (:func:`vote_noise`): per defence
+    the robust accuracy with unresolved images counted broken (lower) and robust (upper), the images whose status
+    changed, and the paired comparison of the two defences on the lower and on the upper count."""
+    status: dict[str, dict[str, dict[int, bool]]] = {}
+    out: dict[str, Any] = {"runs": runs, "defences": {}}
+    for d, records in worst_records.items():
+        n8 = noise[d]["at_r8"]
+        n32 = noise[d]["at_r32"]
+        robust8 = {int(r["index"]): image_status(r, "wrong")["robust"] for r in records}
+        mismatch = [i for i, ok in robust8.items() if i in n8 and ok != (n8[i] == "robust")]
+        if mismatch or any(robust8[i] for i in robust8 if i not in n8):
+            raise SystemExit(f"{d}-worst and its new rows disagree on images {mismatch[:5]}; rerun worst")
+        lower = {i: i in n32 and n32[i] == "robust" for i in robust8}
+        upper = {i: i in n32 and n32[i] in ("robust", "unresolved") for i in robust8}
+        status[d] = {"lower": lower, "upper": upper}
+        n = len(robust8)
+        out["defences"][d] = {
+            "n": n, "robust_r8": sum(robust8.values()) / n, "robust_lower": sum(lower.values()) / n,
+            "robust_upper": sum(upper.values()) / n,
+            "unresolved": sum(v == "unresolved" for v in n32.values()),
+            "robust_at_r8_broken_at_r32": sum(n8[i] == "robust" and n32[i] == "broken" for i in n8),
+            "broken_at_r8_robust_at_r32": sum(n8[i] == "broken" and n32[i] == "robust" for i in n8),
+            "per_row": noise[d]["per_row"]}
+    a, b = DEFENCES
+    shared = sorted(set(status[a]["lower"]) & set(status[b]["lower"]))
+    for bound in ("lower", "upper"):
+        x, y = status[a][bound], status[b][bound]
+        wins = sum(x[i] and not y[i] for i in shared)
+        losses = sum(y[i] and not x[i] for i in shared)
+        out[f"pair_{bound}"] = {"row": a, "reference": b, "n": len(shared), "wins": wins, "losses": losses,
+                                "difference": (wins - losses) / len(shared), "p_value": mcnemar_p(wins, losses)}
+    return out
 
 
 def verdict_file(args: argparse.Namespace) -> Path:
@@ -261,7 +440,7 @@ def merge(target: Path, section: str, items: list[dict[str, Any]], key: Any) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["worst-case", "strength", "published", "rows"])
+    parser.add_argument("command", choices=["worst-case", "strength", "published", "rows", "worst"])
     parser.add_argument("--n", type=int, default=32, help="the first n test images (their survivors are attacked)")
     parser.add_argument("--defences", nargs="+", default=list(DEFENCES), choices=DEFENCES)
     parser.add_argument("--attacks", nargs="+", default=["pgd", "apgd-ce", "apgd-dlr"], choices=list(ATTACKS))
@@ -273,9 +452,17 @@ def main() -> None:
     parser.add_argument("--memory-budget-gb", type=float, default=10.0)
     parser.add_argument("--out", default=str(RECORDS), help="run folders of the new rows (default: committed)")
     parser.add_argument("--rescore-runs", type=int, default=32, help="rows: rescore each new row at this R (0: no)")
+    parser.add_argument("--sources", default=None,
+                        help="the folder holding each defence's surrogate and exact rows (default: the committed ones)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-batch", type=int, default=None, help="defense.max_batch (raise it on a GPU)")
+    parser.add_argument("--paper-budget", action="store_true",
+                        help="the defence at the paper's S = 500, R = 20 (the --sources rows must match)")
+    add_model_flags(parser)
     args = parser.parse_args()
     shared_dir()
-    {"worst-case": worst_case, "strength": strength, "published": published, "rows": rows}[args.command](args)
+    {"worst-case": worst_case, "strength": strength, "published": published, "rows": rows,
+     "worst": worst}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,52 @@ def published_table() -> str:
     return "\n".join(lines)
 
 
+def diagnostic_cells(r: dict[str, Any]) -> str:
+    d = (r.get("eot_diagnostic") or [None])[0] or {}
+    if not d:
+        return "– | –"
+    needed = d.get("eot_for_cosine_0.9")
+    return (f"{d['clean']['cosine_of_halves']:.2f} / {d['final']['cosine_of_halves']:.2f} | "
+            f"{'–' if needed is None else round(needed)}")
+
+
+def worst_attacks_table() -> str:
+    """The new rows of the worst-case verdict: what each attacked and broke, its cost, its EOT diagnostic."""
+    lines = ["| defence | attack (exact) | settings | survivors attacked | broke | core-hours | s / image | "
+             "cosine of EOT halves, clean / final | EOT for cosine 0.9 | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in load("cifar10_verdict.json").get("worst attacks", []):
+        keys = ", ".join(f"{k} {v}" for k, v in r["settings"].items() if k not in ("name", "eps", "gradient"))
+        lines.append(f"| {r['defence']} | {r['attack']} | {keys} | {r['attacked']} | {r['broke']} | "
+                     f"{r['core_hours']:.2f} | {r['seconds_per_image']:.0f} | {diagnostic_cells(r)} | {r['machine']} |")
+    return "\n".join(lines)
+
+
+def vote_noise_tables() -> str:
+    """What R = 32 votes on the new rows' saved examples do: per row, per defence, and to the pair."""
+    sections = [v for k, v in load("cifar10_verdict.json").items() if k.startswith("worst R")]
+    lines = ["| defence | attack | attacked | adversarially correct, R = 8 | R = 32 | right only at R = 8 | "
+             "right only at R = 32 |", "|---|---|---|---|---|---|---|"]
+    totals = ["| defence | n | robust %, R = 8 | robust %, R = 32 (unresolved broken – robust) | unresolved | "
+              "robust at 8, broken at 32 | broken at 8, robust at 32 |", "|---|---|---|---|---|---|---|"]
+    pairs = ["| comparison | count | n | robust Δ pts (wins/losses, p) |", "|---|---|---|---|"]
+    for section in sections:
+        for entry in section:
+            for d, r in entry["defences"].items():
+                lines += [f"| {d} | {row['attack']} | {row['attacked']} | {row['correct_r8']} | {row['correct_r32']} | "
+                          f"{row['r8_only']} | {row['r32_only']} |" for row in r["per_row"]]
+                totals.append(f"| {d} | {r['n']} | {pct(r['robust_r8'])} | {pct(r['robust_lower'])} – "
+                              f"{pct(r['robust_upper'])} | {r['unresolved']} | {r['robust_at_r8_broken_at_r32']} | "
+                              f"{r['broken_at_r8_robust_at_r32']} |")
+            for bound in ("lower", "upper"):
+                p = entry[f"pair_{bound}"]
+                counted = "unresolved broken" if bound == "lower" else "unresolved robust"
+                pairs.append(f"| {p['row']} vs {p['reference']} | {counted} | {p['n']} | "
+                             f"{100 * p['difference']:+.1f} ({p['wins']}/{p['losses']}, "
+                             f"p = {p['p_value']:.2g}) |")
+    return "\n\n".join("\n".join(t) for t in (lines, totals, pairs))
+
+
 def tune_tables() -> str:
     t = load("cifar10_tune.json")
     lines = [f"Screen ({t['screen_n']} train images):", "", "| t_l | τ | clean % | robust % | s / image |",
@@ -147,7 +193,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "main": main_table, "pairs": main_pairs, "peer-pairs": peer_pairs,
     "surrogate+exact": worst_case("surrogate+exact", "surrogate+exact pair"),
     "worst": worst_case("worst", "worst pair"), "strength": strength_table, "tune": tune_tables,
-    "published": published_table,
+    "published": published_table, "worst-attacks": worst_attacks_table, "worst-r32": vote_noise_tables,
 }
 
 
