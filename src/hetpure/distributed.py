@@ -17,6 +17,7 @@ ranks wait (hours at the paper's budget). Hence:
 from __future__ import annotations
 
 import datetime
+import hashlib
 import functools
 import os
 from collections.abc import Callable
@@ -155,6 +156,23 @@ class DistContext:
                 "so their records would never reach rank 0's merge and the summary would count node 0 only. "
                 "Fix: put run.out on storage every node mounts (NFS, Lustre, a shared volume), or run one "
                 "evaluation per node, each on its own data subset"
+            )
+
+    def check_same_images(self, indices: list[int]) -> None:
+        """Refuse a run whose ranks would evaluate different images: each rank chose its images itself (the
+        survivors of ``data.survivors_of`` runs, the finished images of a rescored source), and a listed run
+        that another process is still writing can give ranks that read it at different moments different sets,
+        whose batches would then not fit together."""
+        if self.world_size <= 1:
+            return
+        mine = int.from_bytes(hashlib.sha256(repr(list(indices)).encode()).digest()[:6], "big") + 1
+        largest = self._exchange(token=mine)[2]
+        if self._exchange(problem=mine != largest)[1]:
+            self.stopped = True
+            raise HetpureError(
+                "the ranks chose different images to evaluate (data.survivors_of or attack.source: a listed run "
+                "changed while the ranks read it, e.g. another process is still writing it). Fix: wait until "
+                "the listed runs are finished, then rerun the same command (it resumes)"
             )
 
     def check_merged(self, merged: int, expected: int, out: Path) -> None:

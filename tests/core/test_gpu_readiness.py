@@ -266,6 +266,8 @@ def _rank_worker(rank: int, port: int, folders: list[str], scenario: str, result
     try:
         if scenario == "folders":
             ctx.check_shared_folder(Path(folders[rank]))
+        elif scenario.startswith("images"):  # "images-same": both ranks [3, 5]; "images-differ": rank 1 also 9
+            ctx.check_same_images([3, 5] + ([9] if scenario == "images-differ" and rank == 1 else []))
         elif rank == 1:  # "failure": rank 1 fails before the barrier rank 0 waits at
             ctx.report_failure()
         else:
@@ -298,6 +300,13 @@ def test_ranks_refuse_a_folder_they_do_not_share(tmp_path: Path) -> None:
     (tmp_path / "node1").mkdir()
     results = _two_ranks([str(tmp_path / "node0"), str(tmp_path / "node1")], "folders")
     assert set(results) == {0, 1} and all("not shared by all ranks" in m for m in results.values())
+
+
+def test_ranks_refuse_to_evaluate_different_images() -> None:
+    assert _two_ranks([], "images-same") == {0: "ok", 1: "ok"}
+    results = _two_ranks([], "images-differ")
+    assert set(results) == {0, 1} and all("chose different images" in m for m in results.values())
+    DistContext().check_same_images([1, 2])  # one process: nothing to check
 
 
 def test_a_failing_rank_stops_the_others_at_their_barrier(tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     bs = cfg["run"]["batch_size"]
     batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
     wanted = set(indices)  # a grown run's folder may hold records beyond this subset
+    dist.check_same_images(indices)  # survivors / rescored images are chosen by each rank
     done = {i: r for i, r in _finished(out, digest).items() if i in wanted}
     if out.is_dir() and len(done) == len(wanted) and not os.access(out, os.W_OK):
         records = [done[i] for i in sorted(done)]  # read-only and finished: summarise, write nothing
