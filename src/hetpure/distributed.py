@@ -17,8 +17,8 @@ ranks wait (hours at the paper's budget). Hence:
 from __future__ import annotations
 
 import datetime
-import hashlib
 import functools
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field

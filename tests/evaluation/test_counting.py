@@ -204,6 +204,27 @@ def test_torn_or_altered_shard_is_refused(tmp_path: Path) -> None:
         load_adversarial(out, records)
 
 
+def test_rescore_checks_every_shard_first_then_reads_each_batchs_own(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from hetpure.evaluation import shards
+
+    out = tmp_path / "run"
+    run(out, batch_size=2)  # three batches, three shards
+    records = read_records(out / "records.jsonl")
+    names = sorted({r["adversarial_shard"] for r in records})
+    assert len(names) == 3
+    reads: list[str] = []
+    original = shards.read_shard
+    monkeypatch.setattr(shards, "read_shard", lambda o, name, digest: reads.append(name) or original(o, name, digest))
+    rescore(out, tmp_path / "re", ["run.batch_size=2"], (DATA, Brightness(), None))
+    assert reads[:3] == names and sorted(reads[3:]) == names  # all checked up front, then one shard per batch
+    last = out / names[-1]  # a torn last shard stops the rescoring before its first record
+    last.write_bytes(last.read_bytes()[:-7])
+    with pytest.raises(RecordsError, match="torn or altered"):
+        rescore(out, tmp_path / "re3", ["run.batch_size=2"], (DATA, Brightness(), None))
+    assert not (tmp_path / "re3" / "records.jsonl").exists()
+
+
 def test_rescore_scores_the_saved_examples_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = run(out)

@@ -8,6 +8,7 @@ and computes exactly what hetpure computed before ensembles existed (the same ra
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,7 +53,7 @@ class Evaluator:
         self.checkpointed: bool | None = None  # exact gradient: whether the last attack checkpointed
         self.forward_passes = 0  # forward passes per image of the last attack (Attack.forward_passes)
         self.judge_passes = 0  # defended evaluations per image the last attack asked for (keep: first_broken)
-        self._saved: dict[str, dict[int, dict[int, Tensor]]] = {}  # source run → {index: {slot: x_adv}}
+        self._saved: dict[str, tuple[Path, list[dict[str, Any]]]] = {}  # source run → (its folder, records)
         self.broken_at: list[int] | None = None  # keep: first_broken, per attacked image (−1: never judged wrong)
         self.backward_passes: int | None = None
         freeze(classifier, purifier, *self.attacked)  # attacks need input gradients only, never weight gradients
@@ -86,17 +87,27 @@ class Evaluator:
                                               images, x.device)
         return self.checkpointed
 
-    def saved(self, j: int) -> dict[int, Tensor]:
-        """Attack ``j`` of a ``saved`` section: its source run's examples by dataset index (read once, checked
-        against the records' digests)."""
+    def saved(self, j: int, indices: list[int]) -> dict[int, Tensor]:
+        """Attack ``j`` of a ``saved`` section: its source run's examples of the dataset ``indices`` (this batch).
+
+        At the first call every shard of the source is checked against the digest its records name (a torn or
+        altered shard stops the run before any record is written); then each batch reads only the shards that
+        hold its images, so memory does not grow with the source run.
+        """
         a = attack_sections(self.cfg)[j]
         if a["source"] not in self._saved:
             from .runs import load_run
-            from .shards import load_adversarial
+            from .shards import read_shard, shard_index
 
             source = load_run(a["source"], "attack.source")
-            self._saved[a["source"]] = load_adversarial(source.path, source.records)
-        return {i: examples[a["slot"]] for i, examples in self._saved[a["source"]].items() if a["slot"] in examples}
+            for name, digest in sorted(set(shard_index(source.path, source.records).values())):
+                read_shard(source.path, name, digest)
+            self._saved[a["source"]] = (source.path, source.records)
+        from .shards import load_adversarial
+
+        path, records = self._saved[a["source"]]
+        examples = load_adversarial(path, records, set(indices))
+        return {i: e[a["slot"]] for i, e in examples.items() if a["slot"] in e}
 
     def build(self, x: Tensor, generator: torch.Generator, j: int = 0, **changes: Any) -> tuple[Any, nn.Module]:
         """(attack, the module it differentiates) of attack ``j`` of the ensemble (``changes`` override keys)."""
@@ -143,7 +154,7 @@ def evaluate_batch(ev: Evaluator, x: Tensor, y: Tensor, b: int, indices: list[in
     for j, a in enumerate(sections):
         rows = list(range(len(x))) if j == 0 or cfg["run"]["ensemble"] == "all" else \
             [i for i in range(len(x)) if bool(alive[i])]
-        saved = ev.saved(j) if a["name"] == "saved" else None
+        saved = ev.saved(j, indices) if a["name"] == "saved" else None
         unresolved: set[int] = set()
         if saved is not None:  # a replayed attack scores every example its source saved (whatever came before)
             unresolved = {i for i in rows if indices[i] not in saved}  # never faced this attack in the source

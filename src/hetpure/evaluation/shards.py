@@ -98,21 +98,29 @@ def read_shard(out: Path, name: str, digest: str) -> dict[int, dict[int, Tensor]
     return examples
 
 
-def load_adversarial(out: Path, records: list[dict[str, Any]]) -> dict[int, dict[int, Tensor]]:
-    """Every saved example of ``records``: ``{dataset index: {attack j: x_adv}}``; each shard read once and
-    checked against the digest its records name (records without a shard are refused, naming the fix)."""
-    by_shard: dict[tuple[str, str], list[int]] = {}
+def shard_index(out: Path, records: list[dict[str, Any]]) -> dict[int, tuple[str, str]]:
+    """Per dataset index, the (shard name, SHA-256) its record names; records without a shard are refused,
+    naming the fix."""
+    index: dict[int, tuple[str, str]] = {}
     for r in records:
         if "adversarial_shard" not in r:
             raise RecordsError(f"{out}: record of image {r['index']} has no saved adversarial example (a run made "
                                "with run.save_adversarial false, or before hetpure saved them); rerun it with "
                                "--set run.save_adversarial=true into a new folder")
-        by_shard.setdefault((r["adversarial_shard"], r["adversarial_shard_sha256"]), []).append(int(r["index"]))
+        index[int(r["index"])] = (r["adversarial_shard"], r["adversarial_shard_sha256"])
+    return index
+
+
+def load_adversarial(out: Path, records: list[dict[str, Any]],
+                     indices: set[int] | None = None) -> dict[int, dict[int, Tensor]]:
+    """The saved examples of ``records`` (of the dataset ``indices`` among them, default all):
+    ``{dataset index: {attack j: x_adv}}``; each shard needed read once and checked against the digest its
+    records name."""
+    index = shard_index(out, records)
+    wanted = set(index) if indices is None else set(indices) & set(index)
     found: dict[int, dict[int, Tensor]] = {}
-    for (name, digest), indices in sorted(by_shard.items()):
-        shard = read_shard(out, name, digest)
-        for j, images in shard.items():
-            for i in indices:
-                if i in images:
-                    found.setdefault(i, {})[j] = images[i]
+    for name, digest in sorted({index[i] for i in wanted}):
+        for j, images in read_shard(out, name, digest).items():
+            for i in wanted & set(images):
+                found.setdefault(i, {})[j] = images[i]
     return found
