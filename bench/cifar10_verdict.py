@@ -81,13 +81,17 @@ def sources(defence: str, args: argparse.Namespace | None = None) -> list[Path]:
     return [root / defence, root / f"{defence}-exact"]
 
 
-def attack_config(defence: str, attack: str, args: argparse.Namespace, conditioned: list[Path]) -> dict[str, Any]:
-    """One exact-gradient attack on a defence's survivors: EOT ``--eot``, ``--steps`` iterations, R = 8, K = 1."""
+def attack_config(defence: str, attack: str, args: argparse.Namespace, conditioned: list[Path],
+                  clean: str = "each") -> dict[str, Any]:
+    """One exact-gradient attack on a defence's survivors: EOT ``--eot``, ``--steps`` iterations, R = 8, K = 1;
+    ``clean``: ``data.survivors_clean``."""
     opts = defaults(args)
     cfg = row_config(defence, opts, n=args.n)
     cfg["attack"].update({"gradient": "exact", "eot": args.eot, "steps": args.steps, "step_size": None,
                           "memory_budget_gb": args.memory_budget_gb, **ATTACKS[attack]})
     cfg["data"]["survivors_of"] = [str(p) for p in conditioned]
+    if clean != "each":
+        cfg["data"]["survivors_clean"] = clean
     cfg["run"].update(batch_size=args.batch_size, ties="wrong", save_images=False)
     return cfg
 
@@ -254,11 +258,17 @@ def plan(defence: str, args: argparse.Namespace) -> list[tuple[str, Path, list[P
 def run_plan(defence: str, args: argparse.Namespace, steps: list[tuple[str, Path, list[Path]]]
              ) -> list[tuple[str, Path, dict[str, Any], dict[str, Any] | None]]:
     """Run (resume) each step and rescore its saved examples at R = ``--rescore-runs``; skip a step whose
-    conditioning left nothing to attack (and drop it from the later steps' conditioning)."""
+    conditioning left nothing to attack (and drop it from the later steps' conditioning).
+
+    Every step after the first takes its survivors by ``combine``'s rule (``data.survivors_clean: first``): a row's
+    own clean vote can be wrong on an image the worst-case row counts robust (the surrogate row's clean vote), and
+    such an image must still be attacked. The first step conditions on :func:`base_of_chain`, which gives the
+    same images under either rule."""
     done = []
     skipped: set[Path] = set()
-    for attack, folder, conditioned in steps:
-        s = run(attack_config(defence, attack, args, [c for c in conditioned if c not in skipped]), folder)
+    for k, (attack, folder, conditioned) in enumerate(steps):
+        kept = [c for c in conditioned if c not in skipped]
+        s = run(attack_config(defence, attack, args, kept, "each" if k == 0 else "first"), folder)
         if s is None:
             skipped.add(folder)
             continue

@@ -322,6 +322,39 @@ def test_combine_a_survivors_run_with_its_sources_counts_every_image(tmp_path: P
     assert s["n"] == 5 and s["left_out_unfinished"] == [0] and s["robust_accuracy"] == 2 / 5
 
 
+def test_survivors_clean_first_attacks_every_image_the_combined_row_counts(tmp_path: Path) -> None:
+    weak = dict(PGD, steps=1, step_size=0.001)  # breaks nothing: survivors 0, 1, 2, 4, 5 (3 is clean-wrong)
+    run(tmp_path / "a", weak)
+    run(tmp_path / "b", dict(weak, steps=2))
+    # b's own clean vote of image 0 is wrong (vote noise), a's is right: combine (a's clean) counts 0 robust
+    path = tmp_path / "b" / "records.jsonl"
+    records = read_records(path)
+    for r in records:
+        if r["index"] == 0:
+            r["clean_votes"], r["clean_prediction"] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 9
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def chained(name: str, **data: object) -> dict:
+        cfg = brightness_config(tmp_path / name, PGD) | {
+            "data": {"name": "mnist5k", "survivors_of": [str(tmp_path / "a"), str(tmp_path / "b")], **data}}
+        return evaluate(cfg, components=(DATA, Brightness(), None))
+
+    assert chained("each")["n"] == 4  # image 0 is no survivor of a and b each under its own clean vote
+    left = combine([tmp_path / "a", tmp_path / "b", tmp_path / "each"], tmp_path / "each-row")
+    assert left["left_out_unfinished"] == [0] and left["n"] == 5
+    assert chained("first", survivors_clean="first")["n"] == 5  # a's clean vote: 0 is attacked too
+    row = combine([tmp_path / "a", tmp_path / "b", tmp_path / "first"], tmp_path / "first-row")
+    assert row["n"] == 6 and not row.get("left_out_unfinished") and row["robust_accuracy"] == 3 / 6
+    identity = json.loads((tmp_path / "first" / "config.json").read_text())["identity"]["data"]["survivors_of"]
+    assert identity["clean"] == "first"
+    assert "clean" not in json.loads((tmp_path / "each" / "config.json").read_text())["identity"]["data"][
+        "survivors_of"]  # the default keeps the identity of runs made before the key existed
+    with pytest.raises(ConfigError, match="first listed run on the full subset"):
+        evaluate(brightness_config(tmp_path / "bad", PGD) | {
+            "data": {"name": "mnist5k", "survivors_of": [str(tmp_path / "first")], "survivors_clean": "first"}},
+            components=(DATA, Brightness(), None))
+
+
 def test_an_unresolved_replayed_attack_is_never_robust() -> None:
     r = rec(0, 1, [0, 4, 0], [0, 4, 0], attacks=[
         {"name": "saved", "attacked": True, "votes": [0, 4, 0], "worst_case_correct": 1, "worst_case_k": 1},

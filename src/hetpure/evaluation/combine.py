@@ -126,7 +126,7 @@ def combine(folders: list[str | Path], out: str | Path, ties: str = "wrong") -> 
         if not records:
             raise ConfigError(f"the runs share no finished image; nothing to combine ({', '.join(map(str, folders))})")
         cfg = base.resolved_config()
-        cfg["data"] = {k: v for k, v in cfg["data"].items() if k != "survivors_of"}
+        cfg["data"] = {k: v for k, v in cfg["data"].items() if k not in ("survivors_of", "survivors_clean")}
         cfg["attack"] = [a for r in runs for a in _sections(r)]
         cfg["run"] = {**cfg.get("run", {}), "ties": ties, "out": str(out),
                       "worst_case_k": max(int(r.get("worst_case_k", 1)) for r in records)}

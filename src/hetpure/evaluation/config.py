@@ -37,6 +37,9 @@ class DataSection(BaseModel):
     options: dict[str, Any] | None = Field(None, description="dataset keyword options (resize, mode, …)")
     survivors_of: list[str] | None = Field(
         None, description="attack only the images still robust in every listed run folder (same data and defence)")
+    survivors_clean: Literal["each", "first"] = Field(
+        "each", description="survivors_of: each listed run's own clean evaluation, or the first full run's "
+                            "(combine's rule)")
 
 
 class ClassifierSection(BaseModel):

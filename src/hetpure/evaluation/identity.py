@@ -30,7 +30,7 @@ from torch import nn
 IDENTITY_FORMAT = 2
 #: Keys of each section that never change a number (paths, output, display, trust flags).
 NOT_IN_IDENTITY: dict[str, tuple[str, ...]] = {
-    "data": ("root", "n", "download", "survivors_of"),  # survivors_of: the source runs' hashes instead
+    "data": ("root", "n", "download", "survivors_of", "survivors_clean"),  # in the survivors_of identity instead
     "classifier": ("path", "trust_pickle"),
     "diffusion": ("path", "config", "trust_pickle"),
     "attack": ("checkpoint", "memory_budget_gb"),  # same gradients bit for bit, either way

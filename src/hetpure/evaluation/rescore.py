@@ -41,6 +41,7 @@ def rescore_config(run_dir: str | Path, out: str | Path,
                           f"{next(iter(overrides['data']))})")
     cfg = source.resolved_config()
     cfg["data"].pop("survivors_of", None)  # the images are the source's; its conditioning is in the identity
+    cfg["data"].pop("survivors_clean", None)
     sections = cfg["attack"] if isinstance(cfg["attack"], list) else [cfg["attack"]]
     new = {s: {**cfg.get(s, {}), **overrides.get(s, {})} for s in ("defense", "diffusion")}
     defense = resolve_config({**cfg, **new, "attack": {"name": "none"}})["defense"]

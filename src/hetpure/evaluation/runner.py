@@ -81,8 +81,10 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     if cfg["data"]["survivors_of"]:  # attack only what the listed runs left robust
         from .runs import SurvivorSubset, survivors
 
-        keep, conditioned = survivors(cfg["data"]["survivors_of"], identity, cfg["run"]["ties"])
+        clean = cfg["data"]["survivors_clean"]
+        keep, conditioned = survivors(cfg["data"]["survivors_of"], identity, cfg["run"]["ties"], clean)
         identity["data"]["survivors_of"] = {"settings_hashes": [c["settings_hash"] for c in conditioned],
+                                            **({"clean": clean} if clean != "each" else {}),
                                             "ties": cfg["run"]["ties"]}
         dataset = SurvivorSubset(dataset, keep)
         if not len(dataset):

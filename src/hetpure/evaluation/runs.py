@@ -107,9 +107,16 @@ def unconditioned(identity: dict[str, Any]) -> dict[str, Any]:
     return {**identity, "data": data}
 
 
-def survivors(folders: list[str], identity: dict[str, Any], ties: str) -> tuple[set[int], list[dict[str, str]]]:
+def survivors(folders: list[str], identity: dict[str, Any], ties: str,
+              clean: str = "each") -> tuple[set[int], list[dict[str, str]]]:
     """The images robust in every folder of ``data.survivors_of`` (each checked against this run's identity),
-    and what the run conditions on (each folder's name and settings hash, for the identity and summary)."""
+    and what the run conditions on (each folder's name and settings hash, for the identity and summary).
+
+    ``clean``: ``each`` — robust under each folder's own clean evaluation; ``first`` — the clean evaluation of
+    the first listed run on the full subset, and every run's adversarial evaluations correct: exactly the
+    images ``combine`` of these folders counts robust, so a chain of survivors runs never skips an image the
+    combined row counts.
+    """
     runs = [load_run(f, "data.survivors_of") for f in folders]
     here = RunFolder(Path("."), "", unconditioned(identity), {})
     for run in runs:
@@ -118,12 +125,18 @@ def survivors(folders: list[str], identity: dict[str, Any], ties: str) -> tuple[
         except ConfigError as exc:
             raise ConfigError(f"data.survivors_of: {run.path} does not evaluate what this run does "
                               f"({str(exc).split(' — ', 1)[-1]}); list only runs of the same data and defence") from exc
-    keep: set[int] | None = None
-    for run in runs:
-        robust = robust_indices(run, ties)
-        keep = robust if keep is None else keep & robust
-    return keep or set(), [{"folder": r.name, "settings_hash": r.settings_hash, "n": str(len(r.records))}
-                           for r in runs]
+    if clean == "first":
+        full = [r for r in runs if not (r.identity.get("data") or {}).get("survivors_of")]
+        if not full:
+            raise ConfigError("data.survivors_clean: first takes the clean evaluation of the first listed run on the "
+                              "full subset, and every listed run attacks only survivors; list that run too")
+        judged = {int(r["index"]) for r in full[0].records if image_status(r, ties)["clean"]}
+        sets = [judged] + [{int(r["index"]) for r in run.records if image_status(r, ties)["adversarial"]}
+                           for run in runs]
+    else:
+        sets = [robust_indices(run, ties) for run in runs]
+    keep = set.intersection(*sets) if sets else set()
+    return keep, [{"folder": r.name, "settings_hash": r.settings_hash, "n": str(len(r.records))} for r in runs]
 
 
 class SurvivorSubset:
