@@ -156,7 +156,7 @@ KEEPS_NUMBERS: list[tuple[str, str, Any]] = [
 # Not pinned either way: they do not change a number, but whether the identity holds them is a policy
 # choice (run.device: the device type is to join the identity; the trust and download flags only permit
 # loading).
-UNPINNED = {("data", "survivors_of"),  # replaced by the source runs' hashes (tests/evaluation/test_counting.py)
+UNPINNED = {("data", "survivors_of"), ("data", "survivors_clean"),  # in the survivors_of identity (test_counting.py)
             ("run", "device"), ("data", "download"), ("classifier", "trust_pickle"), ("diffusion", "trust_pickle")}
 
 
