@@ -212,6 +212,14 @@ MUTANTS: list[Mutant] = [
     Mutant("survivors-attack-every-image", "evaluation/batch.py",
            'rows = list(range(len(x))) if j == 0 or cfg["run"]["ensemble"] == "all" else',
            'rows = list(range(len(x))) if True else', COUNTING_TESTS),
+    Mutant("survivors-clean-first-uses-each-runs-clean", "evaluation/runs.py",
+           'if clean == "first":', 'if False:', COUNTING_TESTS),
+    Mutant("rescore-reads-every-shard-each-batch", "evaluation/batch.py",
+           "examples = load_adversarial(path, records, set(indices))", "examples = load_adversarial(path, records)",
+           COUNTING_TESTS),
+    Mutant("ranks-never-compare-their-images", "distributed.py",
+           "if self._exchange(problem=mine != largest)[1]:", "if self._exchange(problem=False)[1]:",
+           ("tests/core/test_ranks.py",)),
 ]
 
 # The child: import hetpure, check it is the scratch copy, then run pytest in the same interpreter.
