@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import TinyClassifier, tiny_unet
@@ -179,3 +181,23 @@ def test_low_frequency_l2_steps_have_image_space_norm_alpha(purifier) -> None:
         x_adv = LowFrequencyPGD(eps=2.0, norm="l2", steps=1, step_size=step, grid=4, upsample=upsample)(
             purifier.classifier, x, y)
         assert torch.allclose((x_adv - x).flatten(1).norm(dim=1), torch.full((2,), step), atol=1e-5)
+
+
+@pytest.mark.parametrize("attack", [
+    {"name": "mask-pgd", "mask_mode": "restrict"},
+    {"name": "mask-pgd", "mask_mode": "weight", "attention_weight": 1.0},
+    {"name": "lowfreq-pgd", "grid": 8}])
+def test_the_verdicts_mask_aware_attacks_run_with_exact_gradients(assets, tmp_path, attack) -> None:
+    """The rows of bench/cifar10_verdict.py: each mask-aware attack differentiates the S-step sampler itself
+    and keeps its perturbation in the ε-ball."""
+    from conftest import config
+
+    from hetpure.evaluate import evaluate
+
+    cfg = config(assets, tmp_path / "exact", data={"n": 2}, run={"worst_case_k": 1},
+                 attack={"steps": 1, "eot": 2, "gradient": "exact", **attack})
+    s = evaluate(cfg)
+    assert s["n"] == 2 and s["eps_calls"]["attack_gradient"] == "exact"
+    assert s["config"]["attack"]["name"] == attack["name"]
+    records = [json.loads(line) for line in (tmp_path / "exact" / "records.jsonl").read_text().splitlines()]
+    assert all(0 < r["perturbation_linf"] <= cfg["attack"].get("eps", 8 / 255) + 1e-6 for r in records)
