@@ -171,8 +171,9 @@ def _claim(out: Path, digest: str) -> None:
 
 def _combined_header(s: dict[str, Any]) -> str:
     names = ", ".join(c["folder"] for c in s["combined_from"])
-    left = (f" {len(s['left_out_unfinished'])} images are left out: runs on survivors have not attacked them yet."
-            if s.get("left_out_unfinished") else "")
+    left = (f" {len(s['left_out_unfinished'])} images are left out: runs on survivors have not attacked them (not "
+            "finished yet, or they took survivors under each run's own clean vote: data.survivors_clean: first "
+            "attacks every image this row counts)." if s.get("left_out_unfinished") else "")
     return (f"**Combined row: the per-image worst case over {len(s['combined_from'])} runs** ({names}). "
             f"An image counts robust only if every adversarial evaluation of every run is correct; the clean "
             f"evaluation is that of {s['clean_evaluation_from']}.{left}\n\n")
