@@ -31,7 +31,10 @@ with ``--paper-budget``, ``--device cuda`` and the model flags runs the same ver
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +106,30 @@ def run(cfg: dict[str, Any], folder: Path) -> dict[str, Any] | None:
     cfg["run"]["out"] = str(folder)
     print(f"\n== {folder.name} ==", flush=True)
     try:
-        return evaluate(cfg)
+        return when_unlocked(lambda: evaluate(cfg))
     except ConfigError as exc:
         if "nothing is left to attack" not in str(exc):
             raise
         print(f"{folder.name}: skipped, {exc}", flush=True)
         return None
+
+
+def when_unlocked(job: Any, tries: int = 10, wait_s: float = 15.0) -> Any:
+    """``job()``, retried while another process holds the run folder's lock (parallel ``rows`` processes resume
+    the same finished chain rows at start-up; each holds a folder for seconds). A row another process is still
+    computing stays refused after ``tries`` × ``wait_s`` seconds, with hetpure's message."""
+    import time
+
+    from hetpure.errors import RecordsError
+
+    for attempt in range(tries):
+        try:
+            return job()
+        except RecordsError as exc:
+            if "another hetpure run is writing" not in str(exc) or attempt == tries - 1:
+                raise
+            time.sleep(wait_s)
+    return None
 
 
 def diagnostic_cell(s: dict[str, Any]) -> str:
@@ -274,7 +295,8 @@ def run_plan(defence: str, args: argparse.Namespace, steps: list[tuple[str, Path
             continue
         rescored = None
         if args.rescore_runs:
-            rescored = rescore(folder, rescored_folder(folder, args), {"defense": {"runs": args.rescore_runs}})
+            rescored = when_unlocked(functools.partial(rescore, folder, rescored_folder(folder, args),
+                                                       {"defense": {"runs": args.rescore_runs}}))
         done.append((attack, folder, s, rescored))
     return done
 
@@ -290,17 +312,24 @@ def base_of_chain(defence: str, args: argparse.Namespace) -> list[Path]:
     while ``combine`` counts the clean evaluation of the first row only. An image whose clean vote is right in
     the surrogate row but wrong in the exact row's own evaluation is robust in the combination yet no survivor
     of the two rows: a new row would never attack it and ``combine`` would leave it out. So when the two sets
-    differ on the images of the combined folder (``--n`` first images; uniform t_l: 3 such images), the chain
-    conditions on the combined folder (``worst-case``) instead, whose robust images are exactly those counted.
+    differ on the images both rows hold (uniform t_l: 3 such images), the chain conditions on the combined folder
+    (``worst-case``, brought up to date first) instead, whose robust images are exactly those counted.
     """
     raw = sources(defence, args)
+    runs = [load_run(f) for f in raw]
+    images = set.intersection(*({int(r["index"]) for r in run.records} for run in runs))
+    each = set.intersection(*(robust_indices(run, "wrong") for run in runs)) & images
+    clean = {int(r["index"]) for r in runs[0].records if image_status(r, "wrong")["clean"]}
+    counted = clean & images & set.intersection(
+        *({int(r["index"]) for r in run.records if image_status(r, "wrong")["adversarial"]} for run in runs))
+    if each == counted:
+        return raw
     combined = raw[0].parent / "combined" / f"{defence}-surrogate+exact"
-    if not combined.is_dir():
-        combine(raw, combined)
-    counted = load_run(combined)
-    images = {int(r["index"]) for r in counted.records}
-    each = set.intersection(*(robust_indices(load_run(f), "wrong") for f in raw)) & images
-    return raw if each == robust_indices(counted, "wrong") else [combined]
+    current = load_run(combined) if (combined / "config.json").exists() else None
+    if current is None or {int(r["index"]) for r in current.records} != images or \
+            robust_indices(current, "wrong") != counted:
+        when_unlocked(lambda: combine(raw, combined))  # brought up to date with the rows (same identity)
+    return [combined]
 
 
 def rows(args: argparse.Namespace) -> None:
@@ -308,8 +337,19 @@ def rows(args: argparse.Namespace) -> None:
     the exact mask-aware attacks, each rescored at R = 32. ``worst`` then combines and compares them."""
     for defence in args.defences:
         run_plan(defence, args, plan(defence, args))
-    print("\nthen, when every process is done: python bench/cifar10_verdict.py worst "
-          f"--n {args.n} --attacks {' '.join(args.attacks)} --eot {args.eot}", flush=True)
+    print(f"\nthen, when every process is done: {worst_command(args.argv)}", flush=True)
+
+
+def worst_command(argv: list[str]) -> str:
+    """The ``worst`` command of a ``rows`` command line: the same flags, without ``--defences`` and
+    ``--mask-attacks`` (``worst`` takes both defences and every mask-aware attack)."""
+    kept, skipping = [], False
+    for word in argv:
+        if word.startswith("--"):
+            skipping = word.split("=")[0] in ("--defences", "--mask-attacks")
+        if not skipping:
+            kept.append("worst" if word == "rows" else word)
+    return " ".join(["python", "bench/cifar10_verdict.py", *map(shlex.quote, kept)])
 
 
 def worst(args: argparse.Namespace) -> None:
@@ -323,7 +363,13 @@ def worst(args: argparse.Namespace) -> None:
     for defence in DEFENCES:
         done = run_plan(defence, args, plan(defence, args))
         folders = base_of_chain(defence, args) + [folder for _, folder, _, _ in done]
+        if not done:
+            raise SystemExit(f"{defence}: no new row ran (nothing survived the committed rows?); nothing to combine")
         summaries[defence] = combine(folders, out / f"{defence}-worst")
+        if summaries[defence].get("left_out_unfinished"):  # would bias the row: robust images missing, broken kept
+            raise SystemExit(f"{defence}-worst leaves out images {summaries[defence]['left_out_unfinished'][:8]} "
+                             f"that a row on survivors never attacked; run every row at the rows' --n "
+                             f"(here {args.n}, the images of {folders[0].name})")
         add_rows(args, {f"{defence}-worst": summaries[defence]})
         attack_rows += [attack_entry(defence, attack, folder, s, r) for attack, folder, s, r in done]
         if args.rescore_runs:
@@ -401,7 +447,8 @@ def vote_noise_verdict(worst_records: dict[str, list[dict[str, Any]]], noise: di
                        runs: int) -> dict[str, Any]:
     """The worst-case rows with the new rows' adversarial votes at R = ``runs`` (:func:`vote_noise`): per defence
     the robust accuracy with unresolved images counted broken (lower) and robust (upper), the images whose status
-    changed, and the paired comparison of the two defences on the lower and on the upper count."""
+    changed, and bounds on the paired difference of the two defences: the first defence's unresolved images
+    broken and the second's robust (``pair_lower``), and the other way round (``pair_upper``)."""
     status: dict[str, dict[str, dict[int, bool]]] = {}
     out: dict[str, Any] = {"runs": runs, "defences": {}}
     for d, records in worst_records.items():
@@ -418,14 +465,15 @@ def vote_noise_verdict(worst_records: dict[str, list[dict[str, Any]]], noise: di
         out["defences"][d] = {
             "n": n, "robust_r8": sum(robust8.values()) / n, "robust_lower": sum(lower.values()) / n,
             "robust_upper": sum(upper.values()) / n,
-            "unresolved": sum(v == "unresolved" for v in n32.values()),
-            "robust_at_r8_broken_at_r32": sum(n8[i] == "robust" and n32[i] == "broken" for i in n8),
-            "broken_at_r8_robust_at_r32": sum(n8[i] == "broken" and n32[i] == "robust" for i in n8),
+            "unresolved": sum(n32[i] == "unresolved" for i in n32 if i in robust8),
+            "robust_at_r8_broken_at_r32": sum(n8[i] == "robust" and n32[i] == "broken" for i in n8 if i in robust8),
+            "broken_at_r8_robust_at_r32": sum(n8[i] == "broken" and n32[i] == "robust" for i in n8 if i in robust8),
             "per_row": noise[d]["per_row"]}
     a, b = DEFENCES
     shared = sorted(set(status[a]["lower"]) & set(status[b]["lower"]))
-    for bound in ("lower", "upper"):
-        x, y = status[a][bound], status[b][bound]
+    # bounds on the difference a − b: a's unresolved broken and b's robust (lower), and the other way (upper)
+    for bound, (x, y) in {"lower": (status[a]["lower"], status[b]["upper"]),
+                          "upper": (status[a]["upper"], status[b]["lower"])}.items():
         wins = sum(x[i] and not y[i] for i in shared)
         losses = sum(y[i] and not x[i] for i in shared)
         out[f"pair_{bound}"] = {"row": a, "reference": b, "n": len(shared), "wins": wins, "losses": losses,
@@ -470,6 +518,7 @@ def main() -> None:
                         help="the defence at the paper's S = 500, R = 20 (the --sources rows must match)")
     add_model_flags(parser)
     args = parser.parse_args()
+    args.argv = sys.argv[1:]
     shared_dir()
     {"worst-case": worst_case, "strength": strength, "published": published, "rows": rows,
      "worst": worst}[args.command](args)

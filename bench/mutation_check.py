@@ -214,6 +214,8 @@ MUTANTS: list[Mutant] = [
            'rows = list(range(len(x))) if True else', COUNTING_TESTS),
     Mutant("survivors-clean-first-uses-each-runs-clean", "evaluation/runs.py",
            'if clean == "first":', 'if False:', COUNTING_TESTS),
+    Mutant("saved-example-from-another-shard", "evaluation/shards.py",
+           "for i in mine & set(images):", "for i in wanted & set(images):", COUNTING_TESTS),
     Mutant("rescore-reads-every-shard-each-batch", "evaluation/batch.py",
            "examples = load_adversarial(path, records, set(indices))", "examples = load_adversarial(path, records)",
            COUNTING_TESTS),

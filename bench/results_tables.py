@@ -156,7 +156,8 @@ def vote_noise_tables() -> str:
              "right only at R = 32 |", "|---|---|---|---|---|---|---|"]
     totals = ["| defence | n | robust %, R = 8 | robust %, R = 32 (unresolved broken – robust) | unresolved | "
               "robust at 8, broken at 32 | broken at 8, robust at 32 |", "|---|---|---|---|---|---|---|"]
-    pairs = ["| comparison | count | n | robust Δ pts (wins/losses, p) |", "|---|---|---|---|"]
+    pairs = ["| comparison | bound on the difference (unresolved images counted against / for the first) | n | "
+             "robust Δ pts (wins/losses, p) |", "|---|---|---|---|"]
     for section in sections:
         for entry in section:
             for d, r in entry["defences"].items():
@@ -167,7 +168,7 @@ def vote_noise_tables() -> str:
                               f"{r['broken_at_r8_robust_at_r32']} |")
             for bound in ("lower", "upper"):
                 p = entry[f"pair_{bound}"]
-                counted = "unresolved broken" if bound == "lower" else "unresolved robust"
+                counted = f"{bound} bound"
                 pairs.append(f"| {p['row']} vs {p['reference']} | {counted} | {p['n']} | "
                              f"{100 * p['difference']:+.1f} ({p['wins']}/{p['losses']}, "
                              f"p = {p['p_value']:.2g}) |")

@@ -52,25 +52,31 @@ def test_plan_chains_the_attacks_and_branches_the_mask_attacks(verdict: Any, tmp
 
 
 class FakeRun:
-    def __init__(self, robust: set[int], images: set[int]) -> None:
-        self.robust = robust
-        self.records = [{"index": i} for i in sorted(images)]
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
 
 
-@pytest.mark.parametrize(("exact_robust", "expected"), [({1, 2}, "raw"), ({1}, "combined")])
+@pytest.mark.parametrize(("exact_clean_of_2", "expected"), [(True, "raw"), (False, "combined")])
 def test_the_chain_conditions_on_the_combination_when_an_image_would_be_missed(
-        verdict: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exact_robust: set[int], expected: str) -> None:
-    # image 2 is robust in the combination (the surrogate row's clean vote) and in the surrogate row; when the
-    # exact row's own clean vote is wrong it is no survivor of the two rows, so the chain must use the combination
+        verdict: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exact_clean_of_2: bool, expected: str) -> None:
+    # image 2 is robust in the surrogate row and correct under the exact row's attack; when the exact row's own
+    # clean vote of it is wrong it is no survivor of the two rows although combine (the surrogate row's clean
+    # vote) counts it robust, so the chain must condition on the combination, brought up to date first
     root = tmp_path / "src"
-    (root / "combined/uniform-tl-surrogate+exact").mkdir(parents=True)
-    runs = {"uniform-tl": FakeRun({1, 2, 7}, {1, 2, 3, 7}), "uniform-tl-exact": FakeRun(exact_robust, {1, 2, 3}),
-            "uniform-tl-surrogate+exact": FakeRun({1, 2}, {1, 2, 3})}
+    exact = [record(1, 1, True), record(2, 2, True), record(3, 3, False)]
+    if not exact_clean_of_2:
+        exact[1]["clean_votes"] = [0, 0, 0, 8, 0, 0, 0, 0, 0, 0]
+    runs = {"uniform-tl": FakeRun([record(1, 1, True), record(2, 2, True), record(3, 3, True), record(7, 7, True)]),
+            "uniform-tl-exact": FakeRun(exact)}
+    combined: list[Any] = []
     monkeypatch.setattr(verdict, "load_run", lambda folder: runs[Path(folder).name])
-    monkeypatch.setattr(verdict, "robust_indices", lambda run, ties: run.robust)
+    monkeypatch.setattr(verdict, "combine", lambda folders, out: combined.append((folders, out)))
     base = verdict.base_of_chain("uniform-tl", argparse.Namespace(sources=str(root)))
     raw = [root / "uniform-tl", root / "uniform-tl-exact"]
-    assert base == (raw if expected == "raw" else [root / "combined/uniform-tl-surrogate+exact"])
+    if expected == "raw":
+        assert base == raw and not combined
+    else:
+        assert base == [root / "combined/uniform-tl-surrogate+exact"] and combined == [(raw, base[0])]
 
 
 def test_vote_noise_counts_flips_and_unresolved_images(verdict: Any) -> None:
@@ -97,22 +103,24 @@ def test_vote_noise_refuses_an_unfinished_rescoring(verdict: Any) -> None:
 
 def test_vote_noise_verdict_bounds_and_pairs(verdict: Any) -> None:
     # four images; heterogeneous: image 0 broken by a committed row, 1 unresolved at R = 32, 2 broken at
-    # R = 32 only, 3 robust; uniform: 0 and 1 robust at both, 2 and 3 broken by committed rows
+    # R = 32 only, 3 robust; uniform: 0 robust at both, 1 unresolved, 2 and 3 broken by committed rows
     het_worst = [record(0, 0, False), record(1, 1, False), record(2, 2, True), record(3, 3, True)]
-    uni_worst = [record(0, 0, True), record(1, 1, True), record(2, 2, False), record(3, 3, False)]
+    uni_worst = [record(0, 0, True), record(1, 1, False), record(2, 2, False), record(3, 3, False)]
     noise = {"heterogeneous": {"at_r8": {1: "broken", 2: "robust", 3: "robust"},
                                "at_r32": {1: "unresolved", 2: "broken", 3: "robust"}, "per_row": []},
-             "uniform-tl": {"at_r8": {0: "robust", 1: "robust"}, "at_r32": {0: "robust", 1: "robust"},
+             "uniform-tl": {"at_r8": {0: "robust", 1: "broken"}, "at_r32": {0: "robust", 1: "unresolved"},
                             "per_row": []}}
     out = verdict.vote_noise_verdict({"heterogeneous": het_worst, "uniform-tl": uni_worst}, noise, 32)
     het = out["defences"]["heterogeneous"]
     assert (het["robust_r8"], het["robust_lower"], het["robust_upper"]) == (0.5, 0.25, 0.5)
     assert (het["unresolved"], het["robust_at_r8_broken_at_r32"], het["broken_at_r8_robust_at_r32"]) == (1, 1, 0)
-    assert out["defences"]["uniform-tl"]["robust_lower"] == 0.5
-    # lower: heterogeneous robust on {3}, uniform on {0, 1}: 1 win, 2 losses; upper: {1, 3} against {0, 1}
+    uni = out["defences"]["uniform-tl"]
+    assert (uni["robust_r8"], uni["robust_lower"], uni["robust_upper"]) == (0.25, 0.25, 0.5)
+    # bounds on heterogeneous − uniform: lower = heterogeneous {3} (unresolved broken) against uniform {0, 1}
+    # (unresolved robust): 1 win, 2 losses; upper = {1, 3} against {0}: 2 wins, 1 loss
     assert {k: out["pair_lower"][k] for k in ("n", "wins", "losses")} == {"n": 4, "wins": 1, "losses": 2}
     assert out["pair_lower"]["difference"] == -0.25 and out["pair_lower"]["p_value"] == 1.0
-    assert (out["pair_upper"]["wins"], out["pair_upper"]["losses"]) == (1, 1)
+    assert (out["pair_upper"]["wins"], out["pair_upper"]["losses"], out["pair_upper"]["difference"]) == (2, 1, 0.25)
 
 
 def test_vote_noise_verdict_refuses_a_worst_row_that_disagrees(verdict: Any) -> None:
@@ -151,6 +159,30 @@ def test_the_results_tables_render_the_new_sections(verdict: Any, tmp_path: Path
     assert "| heterogeneous | pgd | 2 | 1 | 2 | 0 | 1 |" in rendered
     # image 2 robust at both R; image 1 right at R = 32 but never faced a later row: there is none, so robust
     assert "| heterogeneous | 3 | 33.3 | 66.7 – 66.7 | 0 | 0 | 1 |" in rendered
-    assert "| heterogeneous vs uniform-tl | unresolved broken | 3 | +0.0 (0/0, p = 1) |" in rendered
+    assert "| heterogeneous vs uniform-tl | lower bound | 3 | +0.0 (0/0, p = 1) |" in rendered
     assert "| heterogeneous | pgd | steps 20, eot 8 | 2 | 1 | 0.50 | 900 | – | – | x86_64 test |" in \
         tables.worst_attacks_table()
+
+
+def test_worst_command_keeps_every_flag_but_the_process_split(verdict: Any) -> None:
+    argv = ["rows", "--n", "128", "--defences", "heterogeneous", "--attacks", "pgd", "apgd-dlr", "--mask-attacks",
+            "lowfreq-pgd", "--out", "runs/x y", "--eot", "8", "--sources=runs/s"]
+    assert verdict.worst_command(argv) == ("python bench/cifar10_verdict.py worst --n 128 --attacks pgd apgd-dlr "
+                                           "--out 'runs/x y' --eot 8 --sources=runs/s")
+
+
+def test_a_locked_row_is_retried_then_refused(verdict: Any) -> None:
+    from hetpure.errors import RecordsError
+
+    calls = []
+
+    def job() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RecordsError("another hetpure run is writing into f (lock .hetpure.lock held); wait")
+        return "done"
+
+    assert verdict.when_unlocked(job, tries=5, wait_s=0) == "done" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(RecordsError, match="another hetpure run"):
+        verdict.when_unlocked(job, tries=2, wait_s=0)

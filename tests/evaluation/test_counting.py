@@ -25,7 +25,7 @@ from hetpure.evaluation.counting import accuracies, image_status, vote_correct
 from hetpure.evaluation.diagnostics import cosine_with_expected, eot_for_cosine, signal_to_noise, summarise_cosines
 from hetpure.evaluation.export import leaderboard_record
 from hetpure.evaluation.rescore import rescore
-from hetpure.evaluation.shards import load_adversarial
+from hetpure.evaluation.shards import load_adversarial, write_shard
 
 # --- the rules on hand-written records ------------------------------------------------------------------------
 
@@ -223,6 +223,20 @@ def test_rescore_checks_every_shard_first_then_reads_each_batchs_own(tmp_path: P
     with pytest.raises(RecordsError, match="torn or altered"):
         rescore(out, tmp_path / "re3", ["run.batch_size=2"], (DATA, Brightness(), None))
     assert not (tmp_path / "re3" / "records.jsonl").exists()
+
+
+def test_each_image_comes_from_the_shard_its_record_names(tmp_path: Path) -> None:
+    # a grown run recomputes its partial last batch: the new shard holds fresh examples of the old images too,
+    # but their records still name the old shard, whose examples were scored
+    old = write_shard(tmp_path, 2, [(torch.full((2, 3, 2, 2), 0.1), [4, 5])])
+    new = write_shard(tmp_path, 2, [(torch.full((3, 3, 2, 2), 0.9), [4, 5, 6])])
+    records = [{"index": 4, "adversarial_shard": old[0], "adversarial_shard_sha256": old[1]},
+               {"index": 5, "adversarial_shard": old[0], "adversarial_shard_sha256": old[1]},
+               {"index": 6, "adversarial_shard": new[0], "adversarial_shard_sha256": new[1]}]
+    for wanted in ({4, 5, 6}, {4, 6}, None):
+        found = load_adversarial(tmp_path, records, wanted)
+        assert {i: float(found[i][0].mean()) for i in found} == pytest.approx(
+            {i: v for i, v in {4: 0.1, 5: 0.1, 6: 0.9}.items() if wanted is None or i in wanted})
 
 
 def test_rescore_scores_the_saved_examples_and_resumes(tmp_path: Path) -> None:

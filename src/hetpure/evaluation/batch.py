@@ -54,6 +54,7 @@ class Evaluator:
         self.forward_passes = 0  # forward passes per image of the last attack (Attack.forward_passes)
         self.judge_passes = 0  # defended evaluations per image the last attack asked for (keep: first_broken)
         self._saved: dict[str, tuple[Path, list[dict[str, Any]]]] = {}  # source run → (its folder, records)
+        self._batch_examples: tuple[Any, dict[int, dict[int, Tensor]]] = (None, {})  # (source, batch) → examples
         self.broken_at: list[int] | None = None  # keep: first_broken, per attacked image (−1: never judged wrong)
         self.backward_passes: int | None = None
         freeze(classifier, purifier, *self.attacked)  # attacks need input gradients only, never weight gradients
@@ -105,8 +106,11 @@ class Evaluator:
             self._saved[a["source"]] = (source.path, source.records)
         from .shards import load_adversarial
 
-        path, records = self._saved[a["source"]]
-        examples = load_adversarial(path, records, set(indices))
+        key = (a["source"], tuple(indices))
+        if self._batch_examples[0] != key:  # the saved sections of one source share this batch's read
+            path, records = self._saved[a["source"]]
+            self._batch_examples = (key, load_adversarial(path, records, set(indices)))
+        examples = self._batch_examples[1]
         return {i: e[a["slot"]] for i, e in examples.items() if a["slot"] in e}
 
     def build(self, x: Tensor, generator: torch.Generator, j: int = 0, **changes: Any) -> tuple[Any, nn.Module]:

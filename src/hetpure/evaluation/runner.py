@@ -87,9 +87,6 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
                                             **({"clean": clean} if clean != "each" else {}),
                                             "ties": cfg["run"]["ties"]}
         dataset = SurvivorSubset(dataset, keep)
-        if not len(dataset):
-            raise ConfigError(f"data.survivors_of: no image is robust in every one of {cfg['data']['survivors_of']}"
-                              " (or they share no image); nothing is left to attack")
     sources = {a["source"] for a in attack_sections(cfg) if a["name"] == "saved"}
     if sources:  # a rescoring: the images every source run finished (and saved examples of)
         from .runs import SurvivorSubset, load_run
@@ -110,6 +107,9 @@ def evaluate(config: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
     batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
     wanted = set(indices)  # a grown run's folder may hold records beyond this subset
     dist.check_same_images(indices)  # survivors / rescored images are chosen by each rank
+    if cfg["data"]["survivors_of"] and not indices:  # after the check: every rank stops here together
+        raise ConfigError(f"data.survivors_of: no image is robust in every one of {cfg['data']['survivors_of']}"
+                          " (or they share no image); nothing is left to attack")
     done = {i: r for i, r in _finished(out, digest).items() if i in wanted}
     if out.is_dir() and len(done) == len(wanted) and not os.access(out, os.W_OK):
         records = [done[i] for i in sorted(done)]  # read-only and finished: summarise, write nothing

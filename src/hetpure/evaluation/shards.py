@@ -115,12 +115,15 @@ def load_adversarial(out: Path, records: list[dict[str, Any]],
                      indices: set[int] | None = None) -> dict[int, dict[int, Tensor]]:
     """The saved examples of ``records`` (of the dataset ``indices`` among them, default all):
     ``{dataset index: {attack j: x_adv}}``; each shard needed read once and checked against the digest its
-    records name."""
+    records name. An image's example comes only from the shard its own record names: a grown run's recomputed
+    last batch writes a new shard that also holds fresh examples of the batch's older images, whose records
+    still name the old shard."""
     index = shard_index(out, records)
     wanted = set(index) if indices is None else set(indices) & set(index)
     found: dict[int, dict[int, Tensor]] = {}
     for name, digest in sorted({index[i] for i in wanted}):
+        mine = {i for i in wanted if index[i] == (name, digest)}
         for j, images in read_shard(out, name, digest).items():
-            for i in wanted & set(images):
+            for i in mine & set(images):
                 found.setdefault(i, {})[j] = images[i]
     return found
