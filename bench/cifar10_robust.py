@@ -260,15 +260,26 @@ def table(args: argparse.Namespace) -> None:
     write_table(out, rows, data, list(args.rows))
 
 
+def results_file(out: str | Path, name: str) -> Path:
+    """docs/results/NAME when the run folders are the committed ones; OUT/NAME beside them for any other --out,
+    so a scratch or GPU run (e.g. the paper's budget) never overwrites the committed results."""
+    committed = (REPO / "docs/results/records/cifar10").resolve()
+    return REPO / "docs/results" / name if Path(out).resolve() == committed else Path(out) / name
+
+
+def shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def write_table(out: Path, rows: list[list[Any]], data: list[dict[str, Any]], names: list[str]) -> None:
     print("\ncounting: robust = clean-correct and every adversarial evaluation correct; a shared top vote is wrong\n")
     print_table(HEADERS, rows)
-    target = REPO / "docs/results/cifar10_robust.json"
+    target = results_file(out, "cifar10_robust.json")
     merge_into(target, data, lambda r: r["defense"], ROWS + ATTACK_ROWS)
-    print(f"\nwrote {target.relative_to(REPO)}")
+    print(f"\nwrote {shown(target)}")
     comparisons = print_paired(out, names)
     if comparisons:
-        merge_into(REPO / "docs/results/cifar10_paired.json", comparisons, lambda r: (r["row"], r["reference"]), PAIRS)
+        merge_into(results_file(out, "cifar10_paired.json"), comparisons, lambda r: (r["row"], r["reference"]), PAIRS)
 
 
 def refresh_points(out: Path) -> None:
@@ -449,7 +460,7 @@ def tune(args: argparse.Namespace) -> None:
                 [["screen" if i == 0 else f"rung {i}", r["t_l"], r["tau"], r["n"], pct(r["clean_accuracy"]),
                   pct(r["robust_accuracy"]), f"{r['seconds_per_image']:.1f}"]
                  for i, rows in enumerate(rungs) for r in rows])
-    target = REPO / "docs/results/cifar10_tune.json"
+    target = results_file(args.out, "cifar10_tune.json")
     target.write_text(json.dumps({
         "split": "train", "screen_n": screen_n, "n": args.n, "keep": args.keep,
         "selected": {"t_l": best["t_l"], "tau": best["tau"], "n": best["n"]},
@@ -467,7 +478,7 @@ def sweep(args: argparse.Namespace) -> None:
     need t_l > t_s (at t_l = t_s the method is uniform t* = t_s, which is the uniform point).
     """
     out = Path(args.out) / "sweep"
-    target = REPO / "docs/results/cifar10_sweep.json"
+    target = results_file(args.out, "cifar10_sweep.json")
     budget = {"steps": args.steps, "eot": args.eot, "runs": args.runs, "ddim_steps": args.ddim_steps,
               "t_s": T_S, "resample_steps": U}
 
@@ -511,7 +522,7 @@ def sweep(args: argparse.Namespace) -> None:
     print_table(["method", "t_l / t*", "τ", "n", "clean %", "robust %", "s/image"],
                 [[p["method"], p["t"], p["tau"] or "–", p["n"], pct(p["clean"]), pct(p["robust"]),
                   f"{p['seconds_per_image']:.1f}"] for p in points])
-    plot_sweep(target, REPO / "docs/results/cifar10_sweep.png")
+    plot_sweep(target, target.with_suffix(".png"))
 
 
 ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
@@ -558,9 +569,9 @@ def ablations(args: argparse.Namespace) -> None:
     print()
     print_table(["ablation", "n", "clean %", "robust % (95% CI)", "ε-calls/purification", "ε-calls/attack pass",
                  "s/image"], rows)
-    target = REPO / "docs/results/cifar10_ablations.json"
+    target = results_file(args.out, "cifar10_ablations.json")
     merge_into(target, data, lambda r: r["ablation"], ABLATIONS)
-    print(f"\nwrote {target.relative_to(REPO)}")
+    print(f"\nwrote {shown(target)}")
 
 
 def cost_case(row: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -636,10 +647,10 @@ def cost(args: argparse.Namespace) -> None:
     print_table(["defence", "ε-calls/purification", "purify s/image", "floor s/image", "× floor",
                  f"R = {args.runs} votes s/image", "attack ε-calls/iteration", "attack s/iteration/image",
                  "peak RSS MB", "peak CUDA MB"], rows)
-    target = REPO / "docs/results/cifar10_cost.json"
+    target = results_file(args.out, "cifar10_cost.json")
     target.write_text(json.dumps({"batch": args.batch_size, "runs": args.runs, "eot": args.eot,
                                   "threads": torch.get_num_threads(), "rows": data}, indent=2) + "\n")
-    print(f"\nwrote {target.relative_to(REPO)}")
+    print(f"\nwrote {shown(target)}")
 
 
 def plot_sweep(data_file: Path, png: Path) -> None:

@@ -151,3 +151,11 @@ def test_exact_rows_differ_from_their_surrogate_rows_only_in_the_attack_gradient
     assert [m.row_images(r, sized) for r in ("heterogeneous-exact", "diffpure-adjoint", "diffpure")] == [64, 64, None]
     with pytest.raises(SystemExit, match="unknown row"):
         m.row_config("uniform-ts-exact", args)
+
+
+def test_results_go_beside_the_run_folders_unless_they_are_the_committed_ones(cifar10_robust: Any,
+                                                                               tmp_path: Path) -> None:
+    committed = tmp_path / "docs/results/records/cifar10"
+    name = "cifar10_robust.json"
+    assert cifar10_robust.results_file(committed, name) == tmp_path / "docs/results" / name
+    assert cifar10_robust.results_file(tmp_path / "gpu", name) == tmp_path / "gpu" / name
