@@ -396,8 +396,7 @@ def attack_entry(defence: str, attack: str, folder: Path, s: dict[str, Any],
     seconds = (s["seconds_per_image"] or 0) * s["n"]
     entry = {"defence": defence, "attack": attack, "folder": f"verdict/{folder.name}",
              "settings": {k: s["config"]["attack"].get(k) for k in ("name", "eps", "steps", "eot", "gradient",
-                                                                     "mask_mode", "attention_weight", "grid")
-                          if s["config"]["attack"].get(k) is not None},
+                                                                     *ATTACKS[attack])},
              "attacked": s["n"], "broke": s["per_attack"][0]["broke"], "core_hours": seconds / 3600,
              "seconds_per_image": s["seconds_per_image"], "machine": s["machine"],
              "conditioned_on": s.get("conditioned_on"), "eot_diagnostic": s.get("eot_diagnostic")}
