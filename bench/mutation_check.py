@@ -216,6 +216,8 @@ MUTANTS: list[Mutant] = [
            'if clean == "first":', 'if False:', COUNTING_TESTS),
     Mutant("saved-example-from-another-shard", "evaluation/shards.py",
            "for i in mine & set(images):", "for i in wanted & set(images):", COUNTING_TESTS),
+    Mutant("rescore-keeps-the-first-batch-n", "evaluation/rescore.py",
+           'cfg["data"]["n"] = covering_n(cfg, {int(r["index"]) for r in source.records})', "pass", COUNTING_TESTS),
     Mutant("rescore-reads-every-shard-each-batch", "evaluation/batch.py",
            "self._batch_examples = (key, load_adversarial(path, records, set(indices)))",
            "self._batch_examples = (key, load_adversarial(path, records))",

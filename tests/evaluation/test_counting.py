@@ -239,6 +239,19 @@ def test_each_image_comes_from_the_shard_its_record_names(tmp_path: Path) -> Non
             {i: v for i, v in {4: 0.1, 5: 0.1, 6: 0.9}.items() if wanted is None or i in wanted})
 
 
+def test_rescore_of_a_grown_run_scores_every_finished_image(assets: Path, tmp_path: Path) -> None:
+    from conftest import config
+
+    out = tmp_path / "grown"
+    cfg = config(assets, out, data={"n": 2}, defense={"method": "none"}, attack={"steps": 1}, run={"worst_case_k": 1})
+    evaluate(cfg)
+    cfg["data"]["n"] = 4  # grown in place: config.json keeps the first batch's n = 2
+    evaluate(cfg)
+    assert json.loads((out / "config.json").read_text())["config"]["data"]["n"] == 2
+    s = rescore(out, tmp_path / "re", ["run.seed=3"])
+    assert s["n"] == 4 and s["config"]["data"]["n"] >= 4
+
+
 def test_rescore_scores_the_saved_examples_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = run(out)

@@ -42,6 +42,7 @@ def rescore_config(run_dir: str | Path, out: str | Path,
     cfg = source.resolved_config()
     cfg["data"].pop("survivors_of", None)  # the images are the source's; its conditioning is in the identity
     cfg["data"].pop("survivors_clean", None)
+    cfg["data"]["n"] = covering_n(cfg, {int(r["index"]) for r in source.records})
     sections = cfg["attack"] if isinstance(cfg["attack"], list) else [cfg["attack"]]
     new = {s: {**cfg.get(s, {}), **overrides.get(s, {})} for s in ("defense", "diffusion")}
     defense = resolve_config({**cfg, **new, "attack": {"name": "none"}})["defense"]
@@ -56,6 +57,20 @@ def rescore_config(run_dir: str | Path, out: str | Path,
     cfg["run"] = {**cfg.get("run", {}), "out": str(out), "sanity": False,
                   "seed": int(cfg.get("run", {}).get("seed", 0)) + FRESH_SEED_OFFSET}
     return resolve_config(cfg, overrides)
+
+
+def covering_n(cfg: dict[str, Any], indices: set[int]) -> int | None:
+    """The smallest ``data.n`` whose subset holds every image in ``indices``: a grown run's ``config.json`` keeps the
+    ``data.n`` of its first batch (``n`` is not part of a run's identity), so its records reach past that subset."""
+    from .components import build_dataset
+
+    if cfg["data"].get("n") is None:
+        return None
+    full = resolve_config({**cfg, "data": {**cfg["data"], "n": None}, "attack": {"name": "none"}})
+    total = len(build_dataset(full))
+    order = build_dataset({**full, "data": {**full["data"], "n": total}}).indices
+    positions = [p for p, i in enumerate(order) if int(i) in indices]
+    return max(int(cfg["data"]["n"]), positions[-1] + 1 if positions else 0)
 
 
 def _pipeline(defense: dict[str, Any]) -> dict[str, Any]:
