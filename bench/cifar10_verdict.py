@@ -45,7 +45,7 @@ from hetpure.evaluate import evaluate
 from hetpure.evaluation.combine import combine, compare
 from hetpure.evaluation.counting import image_status, outcome_correct, outcomes
 from hetpure.evaluation.rescore import rescore
-from hetpure.evaluation.runs import load_run, robust_indices
+from hetpure.evaluation.runs import load_run, robust_indices, survivor_indices
 from hetpure.evaluation.stats import mcnemar_p
 
 RECORDS = REPO / "docs/results/records/cifar10"
@@ -317,15 +317,12 @@ def base_of_chain(defence: str, args: argparse.Namespace) -> list[Path]:
     """
     raw = sources(defence, args)
     runs = [load_run(f) for f in raw]
-    images = set.intersection(*({int(r["index"]) for r in run.records} for run in runs))
-    each = set.intersection(*(robust_indices(run, "wrong") for run in runs)) & images
-    clean = {int(r["index"]) for r in runs[0].records if image_status(r, "wrong")["clean"]}
-    counted = clean & images & set.intersection(
-        *({int(r["index"]) for r in run.records if image_status(r, "wrong")["adversarial"]} for run in runs))
-    if each == counted:
+    counted = survivor_indices(runs, "wrong", "first")
+    if survivor_indices(runs, "wrong", "each") == counted:
         return raw
     combined = raw[0].parent / "combined" / f"{defence}-surrogate+exact"
     current = load_run(combined) if (combined / "config.json").exists() else None
+    images = set.intersection(*({int(r["index"]) for r in run.records} for run in runs))
     if current is None or {int(r["index"]) for r in current.records} != images or \
             robust_indices(current, "wrong") != counted:
         when_unlocked(lambda: combine(raw, combined))  # brought up to date with the rows (same identity)
@@ -361,8 +358,9 @@ def worst(args: argparse.Namespace) -> None:
     attack_rows: list[dict[str, Any]] = []
     noise: dict[str, dict[str, Any]] = {}
     for defence in DEFENCES:
-        done = run_plan(defence, args, plan(defence, args))
-        folders = base_of_chain(defence, args) + [folder for _, folder, _, _ in done]
+        steps = plan(defence, args)
+        done = run_plan(defence, args, steps)
+        folders = steps[0][2] + [folder for _, folder, _, _ in done]  # the chain's base, then the new rows
         if not done:
             raise SystemExit(f"{defence}: no new row ran (nothing survived the committed rows?); nothing to combine")
         summaries[defence] = combine(folders, out / f"{defence}-worst")

@@ -54,6 +54,7 @@ def test_plan_chains_the_attacks_and_branches_the_mask_attacks(verdict: Any, tmp
 class FakeRun:
     def __init__(self, records: list[dict[str, Any]]) -> None:
         self.records = records
+        self.identity: dict[str, Any] = {}  # a run on the full subset
 
 
 @pytest.mark.parametrize(("exact_clean_of_2", "expected"), [(True, "raw"), (False, "combined")])

@@ -125,6 +125,13 @@ def survivors(folders: list[str], identity: dict[str, Any], ties: str,
         except ConfigError as exc:
             raise ConfigError(f"data.survivors_of: {run.path} does not evaluate what this run does "
                               f"({str(exc).split(' — ', 1)[-1]}); list only runs of the same data and defence") from exc
+    keep = survivor_indices(runs, ties, clean)
+    return keep, [{"folder": r.name, "settings_hash": r.settings_hash, "n": str(len(r.records))} for r in runs]
+
+
+def survivor_indices(runs: list[RunFolder], ties: str, clean: str = "each") -> set[int]:
+    """The images robust in every run (``clean``: ``each`` run's own clean evaluation, or the ``first`` listed
+    run on the full subset's, which is ``combine``'s rule), without the identity checks of :func:`survivors`."""
     if clean == "first":
         full = [r for r in runs if not (r.identity.get("data") or {}).get("survivors_of")]
         if not full:
@@ -135,8 +142,7 @@ def survivors(folders: list[str], identity: dict[str, Any], ties: str,
                            for run in runs]
     else:
         sets = [robust_indices(run, ties) for run in runs]
-    keep = set.intersection(*sets) if sets else set()
-    return keep, [{"folder": r.name, "settings_hash": r.settings_hash, "n": str(len(r.records))} for r in runs]
+    return set.intersection(*sets) if sets else set()
 
 
 class SurvivorSubset:
